@@ -1,0 +1,65 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native
+RUST_SOURCES := $(shell find crates -name '*.rs' -o -name Cargo.toml 2>/dev/null) Cargo.toml
+CONFIG ?= config/cuprumd.toml
+
+.PHONY: all venv build test test-python test-rust lint check-fmt typecheck fmt run bench clean
+
+all: build
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "maturin>=1.9.4,<2"
+	touch $@
+
+venv: $(STAMP)
+
+# maturin develop builds the extension in release mode and installs the
+# package in editable form into .venv (the .so lands beside the sources).
+$(NATIVE_STAMP): $(STAMP) $(RUST_SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(BIN)):$$PATH \
+		$(BIN)/maturin develop --release --quiet --extras dev
+	touch $@
+
+build: $(NATIVE_STAMP)
+
+test: build test-rust test-python
+
+test-python: build
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-rust:
+	cargo test --workspace --quiet
+
+check-fmt: build
+	$(BIN)/ruff format --check .
+	cargo fmt --all --check
+
+typecheck: build
+	$(BIN)/mypy
+
+lint: check-fmt typecheck
+	$(BIN)/ruff check .
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+fmt: build
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	cargo fmt --all
+
+run: build
+	$(BIN)/cuprumd serve --config $(CONFIG)
+
+bench: build
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) target cuprumd/_native*.so

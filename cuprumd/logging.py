@@ -1,0 +1,57 @@
+"""structlog set-up: JSON lines on stderr for journald, or a console renderer.
+
+Events are named ``noun.verb`` (``job.finished``) and carry fields, never
+free text, so they can be filtered by key. Nothing here ever logs stdin,
+output or environment values: callers pass only metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def configure_logging(
+    log_format: Literal["json", "console"] = "json",
+    log_level: Literal["debug", "info", "warning", "error"] = "info",
+    stream: TextIO | None = None,
+) -> None:
+    """Route structlog events (and stdlib warnings) to ``stream``."""
+    out = sys.stderr if stream is None else stream
+    level = _LEVELS[log_level]
+    renderer: structlog.types.Processor
+    if log_format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level, stream=out, format="%(levelname)s %(message)s")
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """Return a logger bound to the module that logs."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger=name)
+    return logger

@@ -1,0 +1,273 @@
+"""Daemon settings: flags, then ``CUPRUM_*`` environment, then TOML, then defaults.
+
+Each layer is read on its own so that every effective value can be reported
+with the place it came from (``check-config`` prints them, and errors name
+them): a setting whose origin is a mystery is a setting nobody can fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from cuprumd.backend import StreamBackend, parse_stream_backend
+from cuprumd.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_PROGRAMS",
+    "LoadedSettings",
+    "Settings",
+    "default_socket_path",
+    "find_config_path",
+    "load_settings",
+]
+
+ENV_PREFIX = "CUPRUM_"
+CONFIG_ENV_VAR = "CUPRUM_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/cuprumd/cuprumd.toml")
+SOCKET_NAME = "cuprumd.sock"
+
+#: Text tools that read stdin and write stdout and cannot run other programs
+#: or write files on a client's behalf (no ``env``, ``xargs``, ``find``, ``tee``).
+DEFAULT_PROGRAMS: tuple[str, ...] = (
+    "awk", "base64", "cat", "comm", "cut", "echo", "false", "fold", "grep",
+    "head", "md5sum", "nl", "od", "paste", "printf", "rev", "sed", "seq",
+    "sha256sum", "sleep", "sort", "tac", "tail", "tr", "true", "uniq", "wc",
+    "yes",
+)  # fmt: skip
+
+GiB = 1 << 30
+
+
+def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Pick the socket path the daemon and its clients agree on by default.
+
+    systemd's ``RuntimeDirectory=`` comes first (it may list several
+    directories, separated by colons: the first is ours), then the user's
+    runtime directory, then a per-uid directory under /tmp so two users never
+    collide.
+    """
+    env = os.environ if environ is None else environ
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / SOCKET_NAME
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg:
+        return Path(xdg) / "cuprumd" / SOCKET_NAME
+    return Path(f"/tmp/cuprumd-{os.getuid()}") / SOCKET_NAME
+
+
+def _split_list(value: object) -> object:
+    """Accept ``"a, b"`` and JSON lists as well as lists: env vars are flat."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed: object = json.loads(text)
+            except json.JSONDecodeError as exc:
+                msg = f"not a JSON list: {exc}"
+                raise ValueError(msg) from None
+            return parsed
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; see ``config/cuprumd.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    stream_backend: StreamBackend = StreamBackend.AUTO
+    socket_path: Path = Field(default_factory=default_socket_path)
+    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    socket_group: str | None = None
+    allowed_uids: Annotated[list[int] | None, NoDecode] = None
+    allowed_gids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    programs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROGRAMS), min_length=1
+    )
+    max_concurrent_jobs: int = Field(default=16, ge=1, le=4096)
+    max_queued_jobs: int = Field(default=256, ge=0, le=1_000_000)
+    max_stages: int = Field(default=16, ge=1, le=256)
+    max_request_bytes: int = Field(default=8 << 20, ge=1024, le=GiB)
+    max_output_bytes: int = Field(default=16 << 20, ge=0, le=GiB)
+    default_timeout: float = Field(default=300.0, gt=0)
+    kill_grace_seconds: float = Field(default=5.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    result_retention_seconds: float = Field(default=600.0, ge=0)
+    pump_buffer_size: int = Field(default=1 << 20, ge=4096, le=GiB)
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    state_dir: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Take values only as given: ``load_settings`` layers the sources."""
+        return (init_settings,)
+
+    @field_validator("stream_backend", mode="before")
+    @classmethod
+    def _parse_backend(cls, value: object) -> object:
+        return parse_stream_backend(value) if isinstance(value, str) else value
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _parse_mode(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return int(value, 8)
+            except ValueError:
+                msg = f"expected an octal mode such as '0660', got {value!r}"
+                raise ValueError(msg) from None
+        return value
+
+    @field_validator("allowed_uids", "allowed_gids", "programs", mode="before")
+    @classmethod
+    def _parse_list(cls, value: object) -> object:
+        if value == "*":
+            return ["*"]
+        return _split_list(value)
+
+    @property
+    def any_program(self) -> bool:
+        """Whether the allowlist was opened to every program with ``"*"``."""
+        return "*" in self.programs
+
+
+FIELD_NAMES: frozenset[str] = frozenset(Settings.model_fields)
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Validated settings plus where each value came from.
+
+    ``sources`` maps every field to ``flag``, ``env``, ``config:<path>`` or
+    ``default``.
+    """
+
+    settings: Settings
+    sources: Mapping[str, str]
+    config_path: Path | None
+
+
+def find_config_path(
+    flag: Path | None, environ: Mapping[str, str]
+) -> tuple[Path | None, bool]:
+    """Return the config file to read and whether it was named explicitly.
+
+    An explicitly named file that is missing is an error (the operator
+    meant something); the system default is optional.
+    """
+    if flag is not None:
+        return flag, True
+    named = environ.get(CONFIG_ENV_VAR, "").strip()
+    if named:
+        return Path(named), True
+    if DEFAULT_CONFIG_PATH.is_file():
+        return DEFAULT_CONFIG_PATH, False
+    return None, False
+
+
+def _read_toml(path: Path, source: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        msg = f"config file {path} does not exist (named by {source})"
+        raise ConfigError(msg) from None
+    except OSError as exc:
+        msg = f"config file {path} cannot be read: {exc.strerror}"
+        raise ConfigError(msg) from None
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"config file {path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from None
+    unknown = sorted(set(data) - FIELD_NAMES)
+    if unknown:
+        msg = (
+            f"unknown key {unknown[0]!r} in config:{path}; accepted keys: "
+            f"{', '.join(sorted(FIELD_NAMES))}"
+        )
+        raise ConfigError(msg)
+    return data
+
+
+def _read_env() -> dict[str, Any]:
+    try:
+        return dict(EnvSettingsSource(Settings, env_prefix=ENV_PREFIX)())
+    except SettingsError as exc:
+        raise ConfigError(f"environment: {exc}") from None
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        source = sources.get(key, "default")
+        where = f"{ENV_PREFIX}{key.upper()}" if source == "env" else source
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {message} (value {err['input']!r} from {where})")
+    return "invalid settings: " + "; ".join(lines)
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_path: Path | None = None,
+) -> LoadedSettings:
+    """Read every layer, merge by precedence and validate once.
+
+    Raises
+    ------
+    ConfigError
+        For a missing named file, bad TOML, an unknown key or an invalid
+        value; the message names the key, where it came from and what is
+        accepted.
+    """
+    path, explicit = find_config_path(config_path, os.environ)
+    given_flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        named_by = "--config" if config_path is not None else CONFIG_ENV_VAR
+        layers.append(
+            (f"config:{path}", _read_toml(path, named_by if explicit else "default"))
+        )
+    layers.append(("env", _read_env()))
+    layers.append(("flag", given_flags))
+
+    merged: dict[str, Any] = {}
+    sources = dict.fromkeys(FIELD_NAMES, "default")
+    for source, values in layers:
+        for key, value in values.items():
+            merged[key] = value
+            sources[key] = source
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+    return LoadedSettings(settings=settings, sources=sources, config_path=path)
