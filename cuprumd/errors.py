@@ -22,6 +22,12 @@ class ConfigError(CuprumError):
     exit_status: ClassVar[int] = EX_CONFIG
 
 
+class StartupError(CuprumError):
+    """The daemon cannot start (socket in use, backend missing); exit 1."""
+
+    exit_status: ClassVar[int] = 1
+
+
 class ProtocolError(CuprumError):
     """An error that reaches a client as ``{"code": ..., "message": ...}``."""
 
@@ -70,6 +76,12 @@ class NotFound(ProtocolError):
     code = "not_found"
 
 
+class WaitTimeout(ProtocolError):
+    """``wait`` gave up before the job ended; the job keeps running."""
+
+    code = "timeout"
+
+
 class Internal(ProtocolError):
     """A fault inside the daemon; the request, not the daemon, failed."""
 
@@ -86,6 +98,7 @@ PROTOCOL_ERRORS: dict[str, type[ProtocolError]] = {
         Forbidden,
         Busy,
         NotFound,
+        WaitTimeout,
         Internal,
     )
 }

@@ -53,5 +53,7 @@ def configure_logging(
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """Return a logger bound to the module that logs."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(logger=name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(
+        logger_name=name
+    )
     return logger

@@ -1,0 +1,361 @@
+"""Wire protocol v1: NDJSON frames, request and result models, replies.
+
+Both ends use this module, so the server and the clients cannot drift apart.
+Requests are checked strictly (unknown fields and wrong types are errors a
+client sees); result models are read leniently by clients, so a newer
+daemon that adds a field does not break an older client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cuprumd.errors import (
+    PROTOCOL_ERRORS,
+    BadRequest,
+    FrameTooLarge,
+    ProtocolError,
+    UnknownOp,
+)
+from cuprumd.models import JobSpec, JobState
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "REQUEST_TYPES",
+    "CancelRequest",
+    "JobList",
+    "JobRef",
+    "JobStatus",
+    "JobSummary",
+    "ListRequest",
+    "PingRequest",
+    "PingResult",
+    "Reply",
+    "Request",
+    "RequestError",
+    "RunRequest",
+    "StatsRequest",
+    "StatsResult",
+    "StatusRequest",
+    "SubmitRequest",
+    "WaitRequest",
+    "encode_request",
+    "error_from_reply",
+    "error_reply",
+    "ok_reply",
+    "parse_reply",
+    "parse_request",
+    "read_frame",
+]
+
+PROTOCOL_VERSION = 1
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    id: Any = None
+
+
+class PingRequest(_Request):
+    """Liveness and identity: version, protocol, backend, pid."""
+
+    op: Literal["ping"]
+
+
+class RunRequest(_Request):
+    """Run a job and reply with its result when it ends."""
+
+    op: Literal["run"]
+    job: JobSpec
+
+
+class SubmitRequest(_Request):
+    """Start a job and reply with its id at once."""
+
+    op: Literal["submit"]
+    job: JobSpec
+
+
+class StatusRequest(_Request):
+    """Where a job is now."""
+
+    op: Literal["status"]
+    job_id: str
+
+
+class WaitRequest(_Request):
+    """The result of a submitted job, once it ends (at most ``timeout`` s)."""
+
+    op: Literal["wait"]
+    job_id: str
+    timeout: float | None = Field(default=None, ge=0)
+
+
+class CancelRequest(_Request):
+    """Stop a queued or running job."""
+
+    op: Literal["cancel"]
+    job_id: str
+
+
+class ListRequest(_Request):
+    """The jobs the daemon knows about."""
+
+    op: Literal["list"]
+
+
+class StatsRequest(_Request):
+    """Counters since start-up."""
+
+    op: Literal["stats"]
+
+
+Request = (
+    PingRequest
+    | RunRequest
+    | SubmitRequest
+    | StatusRequest
+    | WaitRequest
+    | CancelRequest
+    | ListRequest
+    | StatsRequest
+)
+
+REQUEST_TYPES: dict[str, type[_Request]] = {
+    "ping": PingRequest,
+    "run": RunRequest,
+    "submit": SubmitRequest,
+    "status": StatusRequest,
+    "wait": WaitRequest,
+    "cancel": CancelRequest,
+    "list": ListRequest,
+    "stats": StatsRequest,
+}
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class PingResult(_Result):
+    """``ping``: who answers."""
+
+    version: str
+    protocol: int
+    stream_backend: str
+    pid: int
+
+
+class JobRef(_Result):
+    """``submit``: the id to ask about later."""
+
+    job_id: str
+
+
+class JobStatus(_Result):
+    """``status`` and ``cancel``: a job's current state."""
+
+    job_id: str
+    state: JobState
+
+
+class JobSummary(JobStatus):
+    """One line of ``list``."""
+
+    argv0s: list[str]
+
+
+class JobList(_Result):
+    """``list``: every job still known (queued, running, not yet fetched)."""
+
+    jobs: list[JobSummary]
+
+
+class StatsResult(_Result):
+    """``stats``: jobs by state (current for queued/running, totals for end
+    states), bytes moved by each pump, and the queue."""
+
+    jobs: dict[str, int]
+    bytes: dict[str, int]
+    queue_depth: int
+    running: int
+    accepted: int
+    rejected: dict[str, int]
+    retained: int
+    connections: int
+    max_concurrent_jobs: int
+    max_queued_jobs: int
+    stream_backend: str
+    uptime_seconds: float
+
+
+class RequestError(Exception):
+    """A request that cannot be served, with the ``id`` to echo."""
+
+    def __init__(self, request_id: Any, error: ProtocolError) -> None:
+        super().__init__(str(error))
+        self.request_id = request_id
+        self.error = error
+
+
+def _reject_constant(name: str) -> Any:
+    msg = f"{name} is not valid JSON"
+    raise ValueError(msg)
+
+
+def _describe(exc: ValidationError) -> str:
+    """Field locations and messages only: inputs may hold a job's stdin."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "request"
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def parse_request(line: bytes, *, max_stages: int) -> Request:
+    """Decode one frame into a typed request.
+
+    Raises
+    ------
+    RequestError
+        Carrying ``bad_request`` or ``unknown_op`` and the request's ``id``
+        (``None`` when the frame is not a JSON object).
+    """
+    try:
+        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise RequestError(None, BadRequest(f"request is not UTF-8: {exc}")) from None
+    except ValueError as exc:
+        raise RequestError(None, BadRequest(f"request is not JSON: {exc}")) from None
+    if not isinstance(obj, dict):
+        msg = f"request must be a JSON object, not {type(obj).__name__}"
+        raise RequestError(None, BadRequest(msg))
+    request_id = obj.get("id")
+    op = obj.get("op")
+    if op is None:
+        raise RequestError(request_id, BadRequest("request has no 'op' field"))
+    if not isinstance(op, str):
+        raise RequestError(request_id, BadRequest("'op' must be a string"))
+    model = REQUEST_TYPES.get(op)
+    if model is None:
+        known = ", ".join(REQUEST_TYPES)
+        raise RequestError(request_id, UnknownOp(f"unknown op {op!r}; known: {known}"))
+    try:
+        request: Request = model.model_validate(obj)  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise RequestError(request_id, BadRequest(_describe(exc))) from None
+    if isinstance(request, RunRequest | SubmitRequest):
+        count = len(request.job.stages)
+        if count > max_stages:
+            msg = f"job.stages: {count} stages, more than max_stages ({max_stages})"
+            raise RequestError(request_id, BadRequest(msg))
+    return request
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """Read one request line; ``None`` at end of stream.
+
+    The reader's ``limit`` is the frame limit. A final line without its
+    newline still counts as a frame; blank lines are skipped.
+
+    Raises
+    ------
+    FrameTooLarge
+        When a line exceeds the limit; the caller must close the connection,
+        since the rest of that line can no longer be told from the next one.
+    """
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as exc:
+            line = exc.partial
+            if not line.strip():
+                return None
+        except asyncio.LimitOverrunError:
+            msg = "request line exceeds max_request_bytes; closing the connection"
+            raise FrameTooLarge(msg) from None
+        if line.strip():
+            return line
+
+
+def _dumps(value: Any, *, ascii_only: bool = False) -> str:
+    return json.dumps(
+        value, ensure_ascii=ascii_only, separators=(",", ":"), allow_nan=False
+    )
+
+
+def ok_reply(request_id: Any, result: BaseModel) -> bytes:
+    """``{"id", "ok": true, "result"}`` as one line.
+
+    Strings holding lone surrogates (a client may send them as ``\\ud800``)
+    cannot be UTF-8; they are sent as JSON escapes instead of failing.
+    """
+    try:
+        head = _dumps(request_id)
+        body = result.model_dump_json()
+        return f'{{"id":{head},"ok":true,"result":{body}}}\n'.encode()
+    except (ValueError, UnicodeEncodeError):
+        doc = {"id": request_id, "ok": True, "result": result.model_dump(mode="json")}
+        return (_dumps(doc, ascii_only=True) + "\n").encode("ascii")
+
+
+def error_reply(request_id: Any, error: ProtocolError) -> bytes:
+    """``{"id", "ok": false, "error": {"code", "message"}}`` as one line."""
+    doc = {
+        "id": request_id,
+        "ok": False,
+        "error": {"code": error.code, "message": str(error)},
+    }
+    return (_dumps(doc, ascii_only=True) + "\n").encode("ascii")
+
+
+def encode_request(request_id: Any, op: str, **fields: Any) -> bytes:
+    """One request line, for clients; ``None`` fields are left out."""
+    doc: dict[str, Any] = {"id": request_id, "op": op}
+    doc.update({key: value for key, value in fields.items() if value is not None})
+    try:
+        return (_dumps(doc) + "\n").encode()
+    except UnicodeEncodeError:
+        return (_dumps(doc, ascii_only=True) + "\n").encode("ascii")
+
+
+class ErrorBody(BaseModel):
+    """The ``error`` member of a failed reply."""
+
+    code: str
+    message: str
+
+
+class Reply(BaseModel):
+    """Any reply, as a client reads it."""
+
+    id: Any = None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: ErrorBody | None = None
+
+
+def parse_reply(line: bytes) -> Reply:
+    """Decode a reply line (client side).
+
+    Raises
+    ------
+    ValueError
+        If the line is not a reply (the peer is not a cuprumd daemon).
+    """
+    return Reply.model_validate_json(line)
+
+
+def error_from_reply(body: ErrorBody) -> ProtocolError:
+    """The ``ProtocolError`` subclass for a reply's code; the base class
+    (whose code is ``internal``) for a code this client does not know."""
+    cls = PROTOCOL_ERRORS.get(body.code)
+    if cls is None:
+        return ProtocolError(f"{body.code}: {body.message}")
+    return cls(body.message)

@@ -1,0 +1,202 @@
+"""Pipes and processes for one job: who holds which descriptor, and when.
+
+The runner makes every pipe itself (``O_CLOEXEC``, so no child inherits
+another job's descriptors) and hands each child exactly its stdin, stdout
+and stderr. ``Plumbing`` tracks which descriptors the runner still owns, so
+that whatever path a job takes, ``close_all`` leaves nothing open.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import os
+import resource
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cuprumd.fdio import close_quietly
+
+__all__ = [
+    "BASE_ENV",
+    "Plumbing",
+    "SpawnError",
+    "child_env",
+    "open_plumbing",
+    "raise_fd_limit",
+    "spawn_stage",
+]
+
+#: The whole environment a stage starts from; the job's ``env`` overlays it.
+#: Nothing of the daemon's own environment (NOTIFY_SOCKET, LISTEN_*,
+#: CUPRUM_*, credentials) can leak into a job.
+BASE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+}
+
+
+class SpawnError(Exception):
+    """A stage could not be started; the message names it and the errno."""
+
+
+def child_env(overlay: Mapping[str, str]) -> dict[str, str]:
+    """Build a stage's environment from the base and the job's overlay."""
+    return {**BASE_ENV, **overlay}
+
+
+@functools.lru_cache(maxsize=1)
+def _pipe_max_size() -> int:
+    try:
+        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def _grow(fd: int, size: int) -> None:
+    """Enlarge a pipe so a pump moves big chunks with few wake-ups.
+
+    The kernel may refuse (a user over ``pipe-user-pages-soft``); the pipe
+    then keeps its default size, which is slower but still correct.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, _pipe_max_size()))
+    except OSError:
+        pass
+
+
+def _errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+class Plumbing:
+    """Every descriptor of one job, and which of them the runner still owns.
+
+    Stage ``i`` writes stdout into ``out[i]``; for all but the last stage a
+    pump carries it into ``inp[i + 1]``, the next stage's stdin. The last
+    stage's stdout and every stderr are captured by the runner.
+    """
+
+    def __init__(self, stages: int, *, with_stdin: bool, pipe_size: int) -> None:
+        self._owned: set[int] = set()
+        try:
+            if with_stdin:
+                self.stdin = self._pipe()
+            else:
+                null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                self._owned.add(null)
+                self.stdin = (null, -1)
+            self.out = [self._pipe(pipe_size) for _ in range(stages)]
+            self.inp = [self.stdin] + [self._pipe(pipe_size) for _ in range(stages - 1)]
+            self.err = [self._pipe() for _ in range(stages)]
+        except OSError as exc:
+            self.close_all()
+            msg = f"cannot create pipes: {exc.strerror} ({_errno_name(exc)})"
+            raise SpawnError(msg) from exc
+
+    def _pipe(self, size: int = 0) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self._owned.update((r, w))
+        if size:
+            _grow(r, size)
+        return r, w
+
+    def _take(self, fd: int) -> int:
+        self._owned.remove(fd)
+        return fd
+
+    def child_fds(self, i: int) -> tuple[int, int, int]:
+        """The stdin, stdout and stderr of stage ``i``."""
+        return self.inp[i][0], self.out[i][1], self.err[i][1]
+
+    def release_child_fds(self, i: int) -> None:
+        """Close the runner's copies once stage ``i`` holds its own.
+
+        Until they are closed, the runner itself would keep each pipe's other
+        end alive and no reader would ever see EOF.
+        """
+        for fd in self.child_fds(i):
+            if fd in self._owned:
+                self._take(fd)
+                os.close(fd)
+
+    def take_stdin_writer(self) -> int:
+        """Hand over the write end of the first stage's stdin."""
+        return self._take(self.stdin[1])
+
+    def take_stdout_reader(self) -> int:
+        """Hand over the read end of the last stage's stdout."""
+        return self._take(self.out[-1][0])
+
+    def take_stderr_reader(self, i: int) -> int:
+        """Hand over the read end of stage ``i``'s stderr."""
+        return self._take(self.err[i][0])
+
+    def take_transfer(self, i: int) -> tuple[int, int]:
+        """Hand over the pump ends between stage ``i`` and ``i + 1``."""
+        return self._take(self.out[i][0]), self._take(self.inp[i + 1][1])
+
+    def close_all(self) -> None:
+        """Close every descriptor not handed over (idempotent)."""
+        while self._owned:
+            close_quietly(self._owned.pop())
+
+
+def open_plumbing(stages: int, *, with_stdin: bool, pipe_size: int) -> Plumbing:
+    """Create all pipes of a job at once, or none (``SpawnError``)."""
+    return Plumbing(stages, with_stdin=with_stdin, pipe_size=pipe_size)
+
+
+def spawn_stage(
+    argv: Sequence[str],
+    executable: str | None,
+    fds: tuple[int, int, int],
+    env: Mapping[str, str],
+    cwd: str | None,
+    *,
+    process_group: int,
+) -> subprocess.Popen[bytes]:
+    """Start one stage: no shell, default SIGPIPE, only its three fds.
+
+    Raises
+    ------
+    SpawnError
+        Naming the program (or the working directory) and the errno.
+    """
+    stdin, stdout, stderr = fds
+    try:
+        return subprocess.Popen(
+            list(argv),
+            executable=executable,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env),
+            cwd=cwd,
+            close_fds=True,
+            restore_signals=True,
+            process_group=process_group,
+        )
+    except OSError as exc:
+        name = _errno_name(exc)
+        if cwd is not None and exc.filename == cwd:
+            msg = f"cannot change directory to {cwd!r}: {exc.strerror} ({name})"
+        else:
+            msg = f"cannot execute {argv[0]!r}: {exc.strerror} ({name})"
+        raise SpawnError(msg) from exc
+
+
+def raise_fd_limit(ceiling: int = 1 << 16) -> int:
+    """Lift the soft descriptor limit towards the hard one; return the new one.
+
+    Each running job holds about six descriptors per stage, so the common
+    soft limit of 1024 would cap a daemon at a few dozen pipelines.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(ceiling, hard) if hard != resource.RLIM_INFINITY else ceiling
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft

@@ -1,0 +1,101 @@
+"""Small helpers shared by the pipeline tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from cuprumd.backend import StreamBackend
+from cuprumd.models import JobResult, JobSpec
+from cuprumd.pipeline import RunOptions, execute, run_pipeline
+from cuprumd.spawn import Plumbing
+
+
+def job(*stages: list[str], **fields: Any) -> JobSpec:
+    return JobSpec.model_validate(
+        {"stages": [{"argv": argv} for argv in stages], **fields}
+    )
+
+
+def run(backend: StreamBackend, *stages: list[str], **fields: Any) -> JobResult:
+    return run_pipeline(job(*stages, **fields), backend=backend)
+
+
+async def run_async(
+    backend: StreamBackend,
+    spec: JobSpec,
+    options: RunOptions | None = None,
+    **kwargs: Any,
+) -> JobResult:
+    return await execute(spec, options or RunOptions(), backend, **kwargs)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def child_pids() -> list[int]:
+    """Direct children of this process, zombies included."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == me:
+            found.append(int(entry.name))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_until_gone(pgid: int, timeout: float = 3.0) -> list[int]:
+    """Orphaned grandchildren take a moment to be reaped by init."""
+    deadline = time.monotonic() + timeout
+    while (members := group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return members
+
+
+class SocketPlumbing(Plumbing):
+    """Inter-stage links made of socketpairs: raw fds, but not pipes."""
+
+    def _pipe(self, size: int = 0) -> tuple[int, int]:
+        if not size:
+            return super()._pipe(size)
+        a, b = socket.socketpair()
+        a.shutdown(socket.SHUT_WR)
+        b.shutdown(socket.SHUT_RD)
+        r, w = a.detach(), b.detach()
+        os.set_inheritable(r, False)
+        os.set_inheritable(w, False)
+        self._owned.update((r, w))
+        return r, w
