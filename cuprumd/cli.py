@@ -16,7 +16,7 @@ from typing import Any
 from cuprumd import __version__
 from cuprumd.backend import BackendDecision, decide_stream_backend
 from cuprumd.daemon import run_daemon
-from cuprumd.errors import EX_CONFIG, ConfigError
+from cuprumd.errors import EX_CONFIG, ConfigError, StartupError
 from cuprumd.settings import LoadedSettings, load_settings
 
 __all__ = ["main"]
@@ -100,7 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             loaded.settings.stream_backend, loaded.sources["stream_backend"]
         )
         return _check_config(loaded, decision, as_json=args.json)
-    return run_daemon(loaded)
+    try:
+        return run_daemon(loaded)
+    except ConfigError as exc:
+        print(f"cuprumd: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except StartupError as exc:
+        print(f"cuprumd: cannot start: {exc}", file=sys.stderr)
+        return StartupError.exit_status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -132,7 +132,9 @@ def watch_exit(
     def on_exit() -> None:
         loop.remove_reader(pidfd)
         close_quietly(pidfd)
-        future.set_result(proc.wait())
+        returncode = proc.wait()
+        if not future.done():
+            future.set_result(returncode)
 
     loop.add_reader(pidfd, on_exit)
     return future

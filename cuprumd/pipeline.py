@@ -227,7 +227,10 @@ class _Run:
     async def settle(self) -> None:
         """Wait for every stage to exit, then for every stream to drain."""
         try:
-            await asyncio.gather(*self.exits)
+            if self.exits:
+                # wait(), unlike gather(), never cancels the futures it watches:
+                # a cancelled caller must still see every stage reaped.
+                await asyncio.wait(self.exits)
             await self._drain()
         finally:
             if self.kill_timer is not None and all(f.done() for f in self.exits):

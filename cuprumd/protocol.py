@@ -178,14 +178,14 @@ class JobList(_Result):
 
 class StatsResult(_Result):
     """``stats``: jobs by state (current for queued/running, totals for end
-    states), bytes moved by each pump, and the queue."""
+    states), bytes moved by each pump, the queue, and error replies by code."""
 
     jobs: dict[str, int]
     bytes: dict[str, int]
     queue_depth: int
     running: int
     accepted: int
-    rejected: dict[str, int]
+    errors: dict[str, int]
     retained: int
     connections: int
     max_concurrent_jobs: int

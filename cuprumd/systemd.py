@@ -77,7 +77,7 @@ def take_activated_socket(environ: MutableMapping[str, str]) -> socket.socket | 
         return None
     sock = socket.socket(fileno=LISTEN_FDS_START)
     sock.set_inheritable(False)
-    sock.setblocking(False)
+    sock.settimeout(0.0)  # non-blocking, for the event loop
     for extra in range(LISTEN_FDS_START + 1, LISTEN_FDS_START + count):
         with contextlib.suppress(OSError):  # only the first socket is ours
             os.close(extra)
@@ -111,6 +111,7 @@ class Notifier:
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(0.0)  # non-blocking: never stall the loop
                 sock.sendto(message.encode(), self.address)
         except OSError:
             return False

@@ -333,6 +333,19 @@ fn wrong_direction_is_unsupported_and_moves_nothing() {
 }
 
 #[test]
+fn path_only_descriptors_are_unsupported() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path_only = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open("/dev/null")
+        .unwrap();
+    let (_out_r, out_w) = pipe();
+    let reason = unsupported_reason(pump(path_only.as_fd(), out_w.as_fd(), 4096).unwrap_err());
+    assert!(reason.contains("O_PATH"), "{reason}");
+}
+
+#[test]
 fn closed_descriptor_is_an_io_error_with_its_errno() {
     // An fd number far above anything this process opens, so it is closed
     // for sure even while other tests run in parallel.

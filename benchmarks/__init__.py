@@ -1,0 +1,1 @@
+"""Side-by-side measurements of cuprumd against the kernel and the shell."""

@@ -1,0 +1,308 @@
+"""Python clients for the daemon: ``Client`` (blocking) and ``AsyncClient``.
+
+Results come back as the same pydantic models the daemon sends, and error
+replies as the ``ProtocolError`` subclass of their code, so callers write
+``except Busy:`` rather than compare strings. One client holds one
+connection; requests on it are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Self
+
+from cuprumd.errors import CuprumError
+from cuprumd.models import JobResult, JobSpec
+from cuprumd.protocol import (
+    JobList,
+    JobRef,
+    JobStatus,
+    JobSummary,
+    PingResult,
+    StatsResult,
+    encode_request,
+    error_from_reply,
+    parse_reply,
+)
+from cuprumd.settings import default_socket_path
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "DaemonUnavailable",
+    "resolve_socket_path",
+]
+
+SOCKET_ENV_VAR = "CUPRUM_SOCKET_PATH"
+#: Where the packaged systemd units put the socket.
+SYSTEM_SOCKET = Path("/run/cuprumd/cuprumd.sock")
+_READ_LIMIT = 1 << 30  # replies carry whole outputs; the daemon bounds them
+
+JobLike = JobSpec | Mapping[str, Any]
+
+
+class ClientError(CuprumError):
+    """The conversation failed on the client side (not an error reply)."""
+
+
+class DaemonUnavailable(ClientError):
+    """Nothing answers on the socket: not running, wrong path, no access."""
+
+
+def resolve_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The socket to talk to: the argument, ``$CUPRUM_SOCKET_PATH``, the
+    per-user default, else the system service's socket when only it exists."""
+    if explicit is not None:
+        return Path(explicit)
+    named = os.environ.get(SOCKET_ENV_VAR, "").strip()
+    if named:
+        return Path(named)
+    personal = default_socket_path()
+    if not personal.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return personal
+
+
+def _job_doc(job: JobLike) -> Mapping[str, Any]:
+    if isinstance(job, JobSpec):
+        return job.model_dump(mode="json", exclude_none=True)
+    return job
+
+
+def _unavailable(path: Path, exc: OSError) -> DaemonUnavailable:
+    reason = exc.strerror or type(exc).__name__
+    return DaemonUnavailable(f"cannot connect to cuprumd at {path}: {reason}")
+
+
+def _result(line: bytes, expected_id: int) -> dict[str, Any]:
+    """The ``result`` of a reply line, or its error raised."""
+    if not line:
+        msg = "the daemon closed the connection before replying"
+        raise ClientError(msg)
+    try:
+        reply = parse_reply(line)
+    except ValueError:
+        msg = "the peer's reply is not a cuprumd reply"
+        raise ClientError(msg) from None
+    if reply.error is not None or not reply.ok:
+        if reply.error is None:
+            raise ClientError("error reply without an error")
+        raise error_from_reply(reply.error)
+    if reply.id != expected_id:
+        msg = f"reply id {reply.id!r} does not match request id {expected_id}"
+        raise ClientError(msg)
+    return reply.result or {}
+
+
+class Client:
+    """A blocking client; ``timeout`` bounds each socket operation."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.socket_path = resolve_socket_path(socket_path)
+        self._timeout = timeout
+        self._ids = itertools.count(1)
+        self._sock: socket.socket | None = None
+        self._file: BinaryIO | None = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (reopened on the next request)."""
+        if self._file is not None:
+            self._file.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._file = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self._timeout)
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as exc:
+                sock.close()
+                raise _unavailable(self.socket_path, exc) from None
+            self._sock, self._file = sock, sock.makefile("rb")
+        return self._sock
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send one request and return its raw ``result``.
+
+        Raises
+        ------
+        ProtocolError
+            The subclass for the reply's error code.
+        ClientError
+            When the connection fails or the reply is not understood.
+        """
+        sock = self._connect()
+        assert self._file is not None
+        request_id = next(self._ids)
+        try:
+            sock.sendall(encode_request(request_id, op, **fields))
+        except BrokenPipeError:
+            pass  # the daemon may have answered (frame_too_large) and closed
+        except OSError as exc:
+            self.close()
+            raise ClientError(f"sending to cuprumd failed: {exc}") from None
+        try:
+            line = self._file.readline()
+        except OSError as exc:
+            self.close()
+            raise ClientError(f"reading from cuprumd failed: {exc}") from None
+        if not line:
+            self.close()
+        return _result(line, request_id)
+
+    def ping(self) -> PingResult:
+        """Version, protocol, stream backend and pid of the daemon."""
+        return PingResult.model_validate(self.request("ping"))
+
+    def run(self, job: JobLike) -> JobResult:
+        """Run a job and return its result once it ends."""
+        return JobResult.model_validate(self.request("run", job=_job_doc(job)))
+
+    def submit(self, job: JobLike) -> str:
+        """Start a job in the background; returns its id."""
+        return JobRef.model_validate(self.request("submit", job=_job_doc(job))).job_id
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's current state."""
+        return JobStatus.model_validate(self.request("status", job_id=job_id))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobResult:
+        """The result of a submitted job (fetching it removes it)."""
+        reply = self.request("wait", job_id=job_id, timeout=timeout)
+        return JobResult.model_validate(reply)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Stop a job; the state returned is final unless it is slow to die."""
+        return JobStatus.model_validate(self.request("cancel", job_id=job_id))
+
+    def list_jobs(self) -> list[JobSummary]:
+        """Jobs queued, running, or finished and not yet fetched."""
+        return JobList.model_validate(self.request("list")).jobs
+
+    def stats(self) -> StatsResult:
+        """Counters since the daemon started."""
+        return StatsResult.model_validate(self.request("stats"))
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client``; use ``async with``."""
+
+    def __init__(self, socket_path: str | os.PathLike[str] | None = None) -> None:
+        self.socket_path = resolve_socket_path(socket_path)
+        self._ids = itertools.count(1)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection (reopened on the next request)."""
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is None or self._writer is None:
+            try:
+                self._reader, self._writer = await asyncio.open_unix_connection(
+                    str(self.socket_path), limit=_READ_LIMIT
+                )
+            except OSError as exc:
+                raise _unavailable(self.socket_path, exc) from None
+        return self._reader, self._writer
+
+    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        """As ``Client.request``; concurrent calls on one client take turns."""
+        async with self._lock:
+            reader, writer = await self._connect()
+            request_id = next(self._ids)
+            try:
+                writer.write(encode_request(request_id, op, **fields))
+                await writer.drain()
+            except BrokenPipeError:
+                pass  # the daemon may have answered (frame_too_large) and closed
+            except OSError as exc:
+                await self.close()
+                raise ClientError(f"sending to cuprumd failed: {exc}") from None
+            try:
+                line = await reader.readline()
+            except (OSError, ValueError) as exc:
+                await self.close()
+                raise ClientError(f"reading from cuprumd failed: {exc}") from None
+            if not line:
+                await self.close()
+            return _result(line, request_id)
+
+    async def ping(self) -> PingResult:
+        """Version, protocol, stream backend and pid of the daemon."""
+        return PingResult.model_validate(await self.request("ping"))
+
+    async def run(self, job: JobLike) -> JobResult:
+        """Run a job and return its result once it ends."""
+        return JobResult.model_validate(await self.request("run", job=_job_doc(job)))
+
+    async def submit(self, job: JobLike) -> str:
+        """Start a job in the background; returns its id."""
+        reply = await self.request("submit", job=_job_doc(job))
+        return JobRef.model_validate(reply).job_id
+
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's current state."""
+        return JobStatus.model_validate(await self.request("status", job_id=job_id))
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobResult:
+        """The result of a submitted job (fetching it removes it)."""
+        reply = await self.request("wait", job_id=job_id, timeout=timeout)
+        return JobResult.model_validate(reply)
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Stop a job; the state returned is final unless it is slow to die."""
+        return JobStatus.model_validate(await self.request("cancel", job_id=job_id))
+
+    async def list_jobs(self) -> list[JobSummary]:
+        """Jobs queued, running, or finished and not yet fetched."""
+        return JobList.model_validate(await self.request("list")).jobs
+
+    async def stats(self) -> StatsResult:
+        """Counters since the daemon started."""
+        return StatsResult.model_validate(await self.request("stats"))
