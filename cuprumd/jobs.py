@@ -154,8 +154,8 @@ class JobRegistry:
         free_slot = len(self._running) < limits.max_concurrent_jobs
         if not free_slot and len(self._queue) >= limits.max_queued_jobs:
             msg = (
-                f"{len(self._running)} jobs running and {len(self._queue)} queued "
-                "(max_concurrent_jobs/max_queued_jobs reached); retry later"
+                f"all {limits.max_concurrent_jobs} job slots are taken and the "
+                f"queue is full ({limits.max_queued_jobs}); retry later"
             )
             raise Busy(msg)
         job = Job(secrets.token_hex(8), spec, executables, peer, detached)

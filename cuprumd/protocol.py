@@ -228,7 +228,8 @@ def parse_request(line: bytes, *, max_stages: int) -> Request:
         (``None`` when the frame is not a JSON object).
     """
     try:
-        obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+        text = line.decode("utf-8").strip()
+        obj = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
         raise RequestError(None, BadRequest(f"request is not UTF-8: {exc}")) from None
     except ValueError as exc:

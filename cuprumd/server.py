@@ -286,8 +286,9 @@ class Server:
         processes outlast the kill grace."""
         job = self._registry.get(request.job_id, conn.peer)
         self._registry.cancel(job)
-        bound = self._settings.kill_grace_seconds + 1.0
-        await asyncio.wait({asyncio.create_task(job.done.wait())}, timeout=bound)
+        ended = asyncio.create_task(job.done.wait())
+        await asyncio.wait({ended}, timeout=self._settings.kill_grace_seconds + 1.0)
+        ended.cancel()
         return JobStatus(job_id=job.job_id, state=job.state)
 
     async def _list(self, conn: Connection, _request: ListRequest) -> JobList:

@@ -267,6 +267,7 @@ def start_daemon(
     pass_fd: int | None = None,
     wait: bool = True,
     workdir: Path | None = None,
+    shared: bool = False,
 ) -> Daemon:
     """Start ``cuprumd serve`` on a private socket; wait for READY=1."""
     workdir = workdir or short_tmpdir()
@@ -274,6 +275,8 @@ def start_daemon(
     config_path = write_config(workdir / "cuprumd.toml", config)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(workdir / "notify"))
+    if shared:
+        (workdir / "notify").chmod(0o777)  # a daemon that drops root can notify
     extra = {"NOTIFY_SOCKET": str(workdir / "notify"), **(env or {})}
     pass_fds: tuple[int, ...] = ()
     if pass_fd is not None:

@@ -1,0 +1,262 @@
+"""The daemon measured as its clients see it, next to ``posix_spawn`` of ``true``.
+
+- round trip of a one-stage ``true`` job over the socket (p50, p99) vs
+  ``posix_spawn`` + ``waitpid`` of ``true`` in a loop;
+- sustained jobs/s with 8 concurrent clients vs the same loop's rate;
+- the daemon's peak RSS while 64 large pipelines run at once.
+
+Each backend (and event loop) gets its own daemon, started here on a
+temporary socket exactly as ``cuprumd serve`` runs under systemd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cuprumd.backend import is_rust_available
+
+TRUE = shutil.which("true") or "/bin/true"
+TRUE_JOB = {"stages": [{"argv": ["true"]}]}
+
+
+@contextlib.contextmanager
+def daemon(backend: str, event_loop: str, **extra: Any) -> Iterator[tuple[Path, int]]:
+    """Start a real daemon; yield its socket path and pid."""
+    with tempfile.TemporaryDirectory(prefix="cuprumd-bench-") as tmp:
+        sock = Path(tmp) / "d.sock"
+        config = Path(tmp) / "d.toml"
+        lines = [
+            f'socket_path = "{sock}"',
+            f'stream_backend = "{backend}"',
+            f'event_loop = "{event_loop}"',
+            'log_level = "warning"',
+            "max_concurrent_jobs = 128",
+            "max_queued_jobs = 1024",
+        ] + [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
+        config.write_text("\n".join(lines) + "\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUPRUM_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cuprumd.cli", "serve", "--config", str(config)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with socket.socket(socket.AF_UNIX) as probe:
+                        probe.connect(str(sock))
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        msg = f"daemon did not start ({backend}/{event_loop})"
+                        raise RuntimeError(msg) from None
+                    time.sleep(0.05)
+            yield sock, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+class Conn:
+    """One NDJSON connection, as ``socat`` would hold it."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rb")
+        self.next_id = 0
+
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        self.next_id += 1
+        line = json.dumps({"id": self.next_id, "op": op, **fields}) + "\n"
+        self.sock.sendall(line.encode())
+        reply: dict[str, Any] = json.loads(self.file.readline())
+        if not reply.get("ok"):
+            raise RuntimeError(reply)
+        return reply
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def spawn_true_times(count: int) -> list[float]:
+    """Seconds per ``posix_spawn`` + ``waitpid`` of ``true``."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        pid = os.posix_spawn(TRUE, [TRUE], {})
+        os.waitpid(pid, 0)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def round_trip_times(path: Path, count: int) -> list[float]:
+    conn = Conn(path)
+    try:
+        for _ in range(20):  # warm-up
+            conn.call("run", job=TRUE_JOB)
+        times = []
+        for _ in range(count):
+            started = time.perf_counter()
+            conn.call("run", job=TRUE_JOB)
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        conn.close()
+
+
+def jobs_per_second(path: Path, clients: int, seconds: float) -> float:
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def client(index: int) -> None:
+        conn = Conn(path)
+        try:
+            while time.monotonic() < stop:
+                conn.call("run", job=TRUE_JOB)
+                done[index] += 1
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / (time.monotonic() - started)
+
+
+def spawn_rate(seconds: float) -> float:
+    count, started = 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        pid = os.posix_spawn(TRUE, [TRUE], {})
+        os.waitpid(pid, 0)
+        count += 1
+    return count / (time.monotonic() - started)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_under_load(path: Path, pid: int, jobs: int, size: int) -> dict[str, Any]:
+    """Submit ``jobs`` pipelines of ``size`` bytes at once; sample the RSS."""
+    spec = {
+        "stages": [
+            {"argv": ["head", "-c", str(size), "/dev/zero"]},
+            {"argv": ["cat"]},
+            {"argv": ["wc", "-c"]},
+        ]
+    }
+    conn = Conn(path)
+    idle = _rss_kib(pid)
+    peak = idle
+    started = time.monotonic()
+    try:
+        ids = [conn.call("submit", job=spec)["result"]["job_id"] for _ in range(jobs)]
+        while True:
+            peak = max(peak, _rss_kib(pid))
+            states = [conn.call("status", job_id=i)["result"]["state"] for i in ids]
+            if all(s not in ("queued", "running") for s in states):
+                break
+            time.sleep(0.1)
+        results = [conn.call("wait", job_id=i)["result"] for i in ids]
+    finally:
+        conn.close()
+    ok = sum(1 for r in results if r["stdout"].strip() == str(size))
+    return {
+        "jobs": jobs,
+        "bytes_per_job": size,
+        "succeeded": ok,
+        "idle_rss_mib": idle / 1024,
+        "peak_rss_mib": peak / 1024,
+        "seconds": time.monotonic() - started,
+    }
+
+
+def run_all(*, quick: bool = False) -> dict[str, Any]:
+    """Every daemon figure of DESIGN section 9, printed and returned."""
+    count = 200 if quick else 1000
+    seconds = 3.0 if quick else 10.0
+    big = (64 << 20) if quick else (1 << 30)
+    backends = ["python"] + (["rust"] if is_rust_available() else [])
+    spawn = spawn_true_times(count)
+    spawn_p50 = statistics.median(spawn)
+    rate_ref = spawn_rate(seconds)
+    rows = []
+    load = {}
+    for backend in backends:
+        for loop in ("asyncio", "uvloop"):
+            with daemon(backend, loop) as (path, _pid):
+                rtt = sorted(round_trip_times(path, count))
+                rate = jobs_per_second(path, 8, seconds)
+            p50 = statistics.median(rtt)
+            rows.append(
+                {
+                    "variant": f"{backend}/{loop}",
+                    "rtt_p50_ms": p50 * 1000,
+                    "rtt_p99_ms": rtt[int(len(rtt) * 0.99) - 1] * 1000,
+                    "rtt_vs_spawn": p50 / spawn_p50,
+                    "jobs_per_s": rate,
+                    "rate_vs_spawn": rate / rate_ref,
+                }
+            )
+        with daemon(backend, "auto") as (path, pid):
+            load[backend] = peak_rss_under_load(path, pid, 64, big)
+    print(
+        f"\nDaemon: one-stage `true` jobs; reference posix_spawn+wait p50 "
+        f"{spawn_p50 * 1000:.3f} ms, {rate_ref:.0f} spawns/s\n"
+    )
+    from benchmarks.report import table
+
+    print(
+        table(
+            rows,
+            [
+                ("variant", "daemon", ""),
+                ("rtt_p50_ms", "RTT p50 ms", ".3f"),
+                ("rtt_p99_ms", "RTT p99 ms", ".3f"),
+                ("rtt_vs_spawn", "p50 / spawn (≤ 3)", ".2f"),
+                ("jobs_per_s", "jobs/s (8 clients)", ".0f"),
+                ("rate_vs_spawn", "rate / spawn (≥ 0.5)", ".2f"),
+            ],
+        )
+    )
+    print(f"\nDaemon RSS during 64 concurrent {big >> 20} MiB pipelines (< 200 MiB):\n")
+    print(
+        table(
+            [{"backend": k, **v} for k, v in load.items()],
+            [
+                ("backend", "backend", ""),
+                ("succeeded", "jobs ok", "d"),
+                ("idle_rss_mib", "idle RSS MiB", ".1f"),
+                ("peak_rss_mib", "peak RSS MiB", ".1f"),
+                ("seconds", "seconds", ".1f"),
+            ],
+        )
+    )
+    return {
+        "spawn_p50_ms": spawn_p50 * 1000,
+        "spawn_rate": rate_ref,
+        "rows": rows,
+        "rss": load,
+    }

@@ -1,0 +1,246 @@
+"""The job registry with a fake runner: admission, queue, retention,
+cancellation and shutdown, without spawning anything."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from cuprumd.errors import Busy, NotFound, WaitTimeout
+from cuprumd.jobs import Job, JobRegistry, Limits, unstarted_result
+from cuprumd.models import JobResult, JobSpec, JobState, TransferResult
+from cuprumd.peers import Peer
+
+ALICE = Peer(10, 1000, 1000)
+BOB = Peer(11, 1001, 1001)
+ROOT = Peer(12, 0, 0)
+SPEC = JobSpec.model_validate({"stages": [{"argv": ["cat"]}, {"argv": ["wc"]}]})
+
+
+class FakeRunner:
+    """Jobs end when released (or cancelled); ``crash`` makes one raise."""
+
+    def __init__(self) -> None:
+        self.release: dict[str, asyncio.Event] = {}
+        self.started: list[str] = []
+        self.crash = False
+        self.ignore_cancel = False
+
+    async def __call__(self, job: Job) -> JobResult:
+        self.started.append(job.job_id)
+        if self.crash:
+            raise RuntimeError("boom")
+        release = self.release.setdefault(job.job_id, asyncio.Event())
+        waiters = {asyncio.ensure_future(release.wait())}
+        if not self.ignore_cancel:
+            waiters.add(asyncio.ensure_future(job.cancel.wait()))
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        state = JobState.SUCCEEDED if release.is_set() else JobState.CANCELLED
+        result = unstarted_result(job, state, "", "python")
+        return result.model_copy(
+            update={
+                "error": None,
+                "transfers": [
+                    TransferResult(from_stage=0, to_stage=1, pump="python", bytes=5)
+                ],
+            }
+        )
+
+    def finish(self, job: Job) -> None:
+        self.release.setdefault(job.job_id, asyncio.Event()).set()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def scenario(
+    body: Callable[[JobRegistry, FakeRunner, Clock], Awaitable[Any]],
+    *,
+    running: int = 1,
+    queued: int = 1,
+    retention: float = 60.0,
+) -> Any:
+    async def go() -> Any:
+        runner, clock = FakeRunner(), Clock()
+        registry = JobRegistry(
+            Limits(running, queued, retention),
+            runner,
+            backend="python",
+            daemon_uid=999,
+            clock=clock,
+        )
+        return await body(registry, runner, clock)
+
+    return asyncio.run(go())
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_admission_fills_slots_then_queue_then_refuses() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        first = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        second = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        assert (first.state, second.state) == (JobState.RUNNING, JobState.QUEUED)
+        with pytest.raises(Busy):
+            registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        await settle()
+        runner.finish(first)
+        await settle()
+        assert second.state is JobState.RUNNING
+        runner.finish(second)
+        assert (await registry.wait(second, 1)).state is JobState.SUCCEEDED
+        counters = registry.counters()
+        assert counters["jobs"]["succeeded"] == 2
+        assert counters["bytes"]["python"] == 10
+        assert counters["accepted"] == 2
+
+    scenario(body)
+
+
+def test_results_are_kept_until_fetched_or_expired() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, clock: Clock) -> None:
+        kept = registry.admit(SPEC, (), ALICE, detached=True)
+        runner.finish(kept)
+        await settle()
+        assert registry.get(kept.job_id, ALICE).state is JobState.SUCCEEDED
+        await registry.wait(kept, None)
+        with pytest.raises(NotFound):
+            registry.get(kept.job_id, ALICE)
+        expiring = registry.admit(SPEC, (), ALICE, detached=True)
+        runner.finish(expiring)
+        await settle()
+        clock.now += 59
+        assert registry.get(expiring.job_id, ALICE)
+        clock.now += 2
+        with pytest.raises(NotFound):
+            registry.get(expiring.job_id, ALICE)
+        assert registry.counters()["retained"] == 0
+
+    scenario(body)
+
+
+def test_run_jobs_are_not_retained() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        job = registry.admit(SPEC, (), ALICE, detached=False)
+        runner.finish(job)
+        await registry.wait(job, None)
+        registry.forget(job)
+        assert registry.jobs(ROOT) == []
+        assert registry.counters()["retained"] == 0
+
+    scenario(body)
+
+
+def test_other_users_jobs_are_invisible_except_to_root_and_the_daemon() -> None:
+    async def body(registry: JobRegistry, _runner: FakeRunner, _clock: Clock) -> None:
+        job = registry.admit(SPEC, (), ALICE, detached=True)
+        with pytest.raises(NotFound):
+            registry.get(job.job_id, BOB)
+        assert registry.jobs(BOB) == []
+        assert registry.get(job.job_id, ROOT) is job
+        assert registry.get(job.job_id, Peer(1, 999, 999)) is job
+        registry.cancel(job)
+        await registry.wait(job, 1)
+
+    scenario(body)
+
+
+def test_wait_timeout_leaves_the_job_running() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        job = registry.admit(SPEC, (), ALICE, detached=True)
+        with pytest.raises(WaitTimeout):
+            await registry.wait(job, 0.01)
+        assert job.state is JobState.RUNNING
+        runner.finish(job)
+        assert (await registry.wait(job, 1)).state is JobState.SUCCEEDED
+
+    scenario(body)
+
+
+def test_cancel_queued_and_running() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        running = registry.admit(SPEC, (), ALICE, detached=True)
+        queued = registry.admit(SPEC, (), ALICE, detached=True)
+        registry.cancel(queued)
+        assert queued.state is JobState.CANCELLED  # at once, never started
+        assert queued.job_id not in runner.started
+        registry.cancel(running)
+        result = await registry.wait(running, 1)
+        assert result.state is JobState.CANCELLED
+        registry.cancel(running)  # cancelling an ended job changes nothing
+        assert registry.counters()["jobs"]["cancelled"] == 2
+
+    scenario(body)
+
+
+def test_a_runner_fault_costs_one_job_not_the_registry() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        runner.crash = True
+        job = registry.admit(SPEC, (), ALICE, detached=True)
+        result = await registry.wait(job, 1)
+        assert result.state is JobState.ERROR
+        assert "internal error" in (result.error or "")
+        assert len(result.stages) == 2
+        runner.crash = False
+        again = registry.admit(SPEC, (), ALICE, detached=True)
+        runner.finish(again)
+        assert (await registry.wait(again, 1)).state is JobState.SUCCEEDED
+
+    scenario(body)
+
+
+def test_shutdown_lets_short_jobs_finish_and_cancels_the_rest() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        short = registry.admit(SPEC, (), ALICE, detached=True)
+        long = registry.admit(SPEC, (), ALICE, detached=True)
+        queued = registry.admit(SPEC, (), ALICE, detached=True)
+        asyncio.get_running_loop().call_later(0.05, runner.finish, short)
+        registry._clock = asyncio.get_running_loop().time  # real time for grace
+        await registry.shutdown(0.3, 0.1, asyncio.Event())
+        assert short.state is JobState.SUCCEEDED
+        assert long.state is JobState.CANCELLED
+        assert queued.state is JobState.CANCELLED
+        with pytest.raises(Busy, match="shutting down"):
+            registry.admit(SPEC, (), ALICE, detached=True)
+
+    scenario(body, running=2, queued=2)
+
+
+def test_shutdown_hurried_by_a_second_signal() -> None:
+    async def body(registry: JobRegistry, _runner: FakeRunner, _clock: Clock) -> None:
+        job = registry.admit(SPEC, (), ALICE, detached=True)
+        hurry = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, hurry.set)
+        registry._clock = asyncio.get_running_loop().time
+        started = asyncio.get_running_loop().time()
+        await registry.shutdown(30.0, 0.1, hurry)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert job.state is JobState.CANCELLED
+
+    scenario(body)
+
+
+def test_shutdown_cancels_a_runner_that_ignores_its_cancel_event() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        runner.ignore_cancel = True
+        job = registry.admit(SPEC, (), ALICE, detached=True)
+        registry._clock = asyncio.get_running_loop().time
+        await registry.shutdown(0.0, -4.9, asyncio.Event())
+        assert job.state is JobState.CANCELLED
+        assert job.result is not None
+        assert job.result.error == "the daemon stopped"
+
+    scenario(body)
