@@ -65,6 +65,10 @@ class Capture:
             if len(chunk) > room:
                 self.truncated = True
 
+    def contents(self) -> tuple[bytes, bool]:
+        """What was kept, and whether anything was dropped."""
+        return bytes(self.data), self.truncated
+
     def abort(self) -> None:
         """Stop reading and close the descriptor (idempotent)."""
         if self.done.done():

@@ -10,7 +10,6 @@ is the caller's configuration, not the job.
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import os
 import signal
@@ -18,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from cuprumd.backend import (
@@ -28,7 +26,8 @@ from cuprumd.backend import (
     resolve_stream_backend,
 )
 from cuprumd.fdio import Capture, Feeder, watch_exit
-from cuprumd.models import JobResult, JobSpec, JobState, StageResult, TransferResult
+from cuprumd.models import JobResult, JobSpec, JobState, PumpName
+from cuprumd.outcome import Facts, build_result, now_iso
 from cuprumd.pump import TransferOutcome, run_transfer
 from cuprumd.settings import Settings
 from cuprumd.spawn import Plumbing, SpawnError, child_env, open_plumbing, spawn_stage
@@ -54,25 +53,6 @@ class RunOptions:
             kill_grace_seconds=settings.kill_grace_seconds,
             pump_buffer_size=settings.pump_buffer_size,
         )
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _encode(data: bytes, encoding: str) -> str:
-    if encoding == "base64":
-        return base64.b64encode(data).decode("ascii")
-    return data.decode("utf-8", "replace")
-
-
-def _signal_name(returncode: int | None) -> str | None:
-    if returncode is None or returncode >= 0:
-        return None
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"SIG{-returncode}"
 
 
 class _Run:
@@ -264,78 +244,46 @@ class _Run:
         await asyncio.gather(*self.transfers, return_exceptions=True)
 
     # -- result -------------------------------------------------------------
-    def _outcomes(self) -> list[TransferOutcome | None]:
-        return [
-            t.result() if t.done() and not t.cancelled() and not t.exception() else None
-            for t in self.transfers
-        ]
+    def _transfer_outcomes(self) -> list[TransferOutcome]:
+        """Each transfer's outcome; a pump that failed makes the job an error.
 
-    def _failed_stage(self, outcomes: list[TransferOutcome | None]) -> int | None:
-        if self.fail_fast_stage is not None:
-            return self.fail_fast_stage
-        for i, rc in enumerate(self.returncodes):
-            if rc in (None, 0):
-                continue
-            sigpipe_ok = (
-                rc == -signal.SIGPIPE
-                and i < len(outcomes)
-                and (outcome := outcomes[i]) is not None
-                and outcome.downstream_closed
-            )
-            if not sigpipe_ok:
-                return i
-        return None
+        A transfer cut short by an I/O error would otherwise look like a
+        short but successful stream: data lost without a word.
+        """
+        outcomes = []
+        for i, task in enumerate(self.transfers):
+            failure = None if task.cancelled() else task.exception()
+            if task.cancelled() or failure is not None:
+                if failure is not None and self.error is None:
+                    self.error = f"pump {i}->{i + 1} failed: {failure}"
+                pump: PumpName = (
+                    "rust-splice" if self.backend is StreamBackend.RUST else "python"
+                )
+                outcomes.append(TransferOutcome(pump, 0))
+            else:
+                outcomes.append(task.result())
+        return outcomes
 
     def result(self, started: str, t0: float) -> JobResult:
-        """Assemble the result; the state follows DESIGN's precedence."""
-        outcomes = self._outcomes()
-        failed_stage = None
-        if self.error is not None:
-            state = JobState.ERROR
-        elif self.end_state is not None:
-            state = self.end_state
-        else:
-            failed_stage = self._failed_stage(outcomes)
-            state = JobState.SUCCEEDED if failed_stage is None else JobState.FAILED
-        encoding = self.job.output_encoding
-        stages = [
-            StageResult(
-                argv=stage.argv,
-                pid=None if proc is None else proc.pid,
-                exit_code=rc if rc is not None and rc >= 0 else None,
-                signal=_signal_name(rc),
-                stderr="" if cap is None else _encode(bytes(cap.data), encoding),
-                stderr_truncated=cap is not None and cap.truncated,
+        """Hand what was observed to the pure rules of ``outcome``."""
+        captures = [(b"", False) if c is None else c.contents() for c in self.stderrs]
+        return build_result(
+            Facts(
+                job_id=self.job_id,
+                backend=str(self.backend),
+                argvs=[stage.argv for stage in self.job.stages],
+                pids=[None if p is None else p.pid for p in self.procs],
+                returncodes=self.returncodes,
+                stderrs=captures,
+                stdout=(b"", False) if self.stdout is None else self.stdout.contents(),
+                transfers=self._transfer_outcomes(),
+                encoding=self.job.output_encoding,
+                started_at=started,
+                duration_ms=round((time.monotonic() - t0) * 1000, 3),
+                error=self.error,
+                end_state=self.end_state,
+                fail_fast_stage=self.fail_fast_stage,
             )
-            for stage, proc, rc, cap in zip(
-                self.job.stages, self.procs, self.returncodes, self.stderrs, strict=True
-            )
-        ]
-        transfers = [
-            TransferResult(
-                from_stage=i,
-                to_stage=i + 1,
-                pump="python" if o is None else o.pump,
-                bytes=0 if o is None else o.bytes,
-                fallback_reason=None if o is None else o.fallback_reason,
-            )
-            for i, o in enumerate(outcomes)
-        ]
-        out = self.stdout
-        return JobResult(
-            job_id=self.job_id,
-            state=state,
-            stream_backend=str(self.backend),
-            stages=stages,
-            stdout="" if out is None else _encode(bytes(out.data), encoding),
-            stdout_truncated=out is not None and out.truncated,
-            output_encoding=encoding,
-            failed_stage=failed_stage,
-            transfers=transfers,
-            started_at=started,
-            finished_at=_now(),
-            duration_ms=round((time.monotonic() - t0) * 1000, 3),
-            error=self.error,
         )
 
 
@@ -358,7 +306,7 @@ async def execute(
     """
     if backend is StreamBackend.AUTO:
         backend = resolve_stream_backend(backend)
-    started, t0 = _now(), time.monotonic()
+    started, t0 = now_iso(), time.monotonic()
     run = _Run(job, options, backend, job_id, executables)
     try:
         run.spawn()

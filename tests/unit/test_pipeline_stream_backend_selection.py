@@ -133,3 +133,22 @@ def test_unsupported_reason_is_none_for_two_pipes() -> None:
             os.close(fd)
         a.close()
         b.close()
+
+
+def test_pump_io_error_makes_the_job_an_error_not_a_short_success(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class FailingNative:
+        def rust_pump_transfer(
+            self, *args: Any, **kwargs: Any
+        ) -> tuple[int, str, bool]:
+            raise OSError(errno.EIO, "splice: Input/output error")
+
+    monkeypatch.setattr(pump, "_load_native", FailingNative)
+    result = asyncio.run(
+        execute(job(["printf", "data"], ["cat"]), RunOptions(), StreamBackend.RUST)
+    )
+    assert result.state is JobState.ERROR
+    assert result.error is not None
+    assert result.error.startswith("pump 0->1 failed:")
+    assert "Input/output error" in result.error

@@ -77,3 +77,12 @@ def test_notifier_abstract_namespace() -> None:
 @pytest.mark.parametrize("env", [{}, {"NOTIFY_SOCKET": "/nonexistent/notify"}])
 def test_notifier_never_raises(env: dict[str, str]) -> None:
     assert Notifier.from_environ(env).send(ready=1) is False
+
+
+def test_auto_event_loop_prefers_uvloop_when_installed() -> None:
+    from cuprumd.daemon import choose_event_loop
+
+    assert choose_event_loop("auto", uvloop_installed=True) == "uvloop"
+    assert choose_event_loop("auto", uvloop_installed=False) == "asyncio"
+    assert choose_event_loop("asyncio", uvloop_installed=True) == "asyncio"
+    assert choose_event_loop("uvloop", uvloop_installed=False) == "uvloop"

@@ -50,6 +50,13 @@ pub(crate) fn splice(
     )
 }
 
+/// The capacity of the pipe behind `fd`, or `None` when it is not a pipe.
+pub(crate) fn pipe_capacity(fd: BorrowedFd<'_>) -> Option<usize> {
+    // SAFETY: F_GETPIPE_SZ takes no argument and only reads kernel state.
+    let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(size).ok()
+}
+
 fn retry(
     mut call: impl FnMut() -> isize,
     mut wait: impl FnMut() -> io::Result<()>,
