@@ -15,11 +15,11 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from cuprumd.errors import Busy, NotFound, WaitTimeout
 from cuprumd.logging import get_logger
-from cuprumd.models import JobResult, JobSpec, JobState, StageResult
+from cuprumd.models import JobResult, JobSpec, JobState
+from cuprumd.outcome import Facts, build_result, now_iso
 from cuprumd.peers import Peer
 
 __all__ = ["Job", "JobRegistry", "Limits", "Runner", "unstarted_result"]
@@ -63,33 +63,26 @@ def unstarted_result(
 ) -> JobResult:
     """The result of a job that never ran (cancelled in the queue, or lost
     to a runner fault): same shape as any other, so clients need no case."""
-    now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    stages = [
-        StageResult(
-            argv=stage.argv,
-            pid=None,
-            exit_code=None,
-            signal=None,
-            stderr="",
-            stderr_truncated=False,
+    count = len(job.spec.stages)
+    result = build_result(
+        Facts(
+            job_id=job.job_id,
+            backend=backend,
+            argvs=[stage.argv for stage in job.spec.stages],
+            pids=[None] * count,
+            returncodes=[None] * count,
+            stderrs=[(b"", False)] * count,
+            stdout=(b"", False),
+            transfers=[],
+            encoding=job.spec.output_encoding,
+            started_at=now_iso(),
+            duration_ms=0.0,
+            error=None,
+            end_state=state,
+            fail_fast_stage=None,
         )
-        for stage in job.spec.stages
-    ]
-    return JobResult(
-        job_id=job.job_id,
-        state=state,
-        stream_backend=backend,
-        stages=stages,
-        stdout="",
-        stdout_truncated=False,
-        output_encoding=job.spec.output_encoding,
-        failed_stage=None,
-        transfers=[],
-        started_at=now,
-        finished_at=now,
-        duration_ms=0.0,
-        error=message,
     )
+    return result.model_copy(update={"error": message})
 
 
 def _finished_event(job: Job, result: JobResult) -> dict[str, object]:

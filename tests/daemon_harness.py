@@ -18,13 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cuprumd.backend import StreamBackend
 from cuprumd.client import Client
+from tests.helpers import processes
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -146,7 +147,9 @@ class Daemon:
 
     def children(self) -> list[int]:
         """Live processes whose parent is the daemon (its jobs' stages)."""
-        return [pid for pid, ppid in _processes() if ppid == self.proc.pid]
+        return [
+            p.pid for p in processes() if p.ppid == self.proc.pid and p.state != "Z"
+        ]
 
     # -- talking -----------------------------------------------------------
 
@@ -161,25 +164,18 @@ class Daemon:
         return Client(self.socket_path, timeout=timeout)
 
 
-def _processes() -> Iterator[tuple[int, int]]:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            yield int(entry.name), int(fields[1])
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z"
+def serve_to_exit(
+    config: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cuprumd serve`` that is expected to refuse to start."""
+    return subprocess.run(
+        [PYTHON, "-m", "cuprumd.cli", "serve", "--config", str(config)],
+        env=daemon_env() if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:

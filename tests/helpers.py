@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +39,34 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def child_pids() -> list[int]:
-    """Direct children of this process, zombies included."""
-    me = os.getpid()
-    found = []
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+
+
+def processes() -> Iterator[Proc]:
+    """Every process in /proc, zombies included (``state == "Z"``)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == me:
-            found.append(int(entry.name))
-    return found
+        yield Proc(int(entry.name), fields[0], int(fields[1]), int(fields[2]))
+
+
+def child_pids(parent: int | None = None) -> list[int]:
+    """Direct children of ``parent`` (this process by default), zombies too."""
+    me = os.getpid() if parent is None else parent
+    return [p.pid for p in processes() if p.ppid == me]
 
 
 def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -64,17 +76,7 @@ def pid_alive(pid: int) -> bool:
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+    return [p.pid for p in processes() if p.state != "Z" and p.pgid == pgid]
 
 
 def wait_until_gone(pgid: int, timeout: float = 3.0) -> list[int]:

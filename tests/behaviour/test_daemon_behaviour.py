@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from daemon_harness import (
-    HIDE_NATIVE,
-    Daemon,
-    RawConnection,
-    pid_alive,
-    start_daemon,
-    wait_for,
-)
 from pytest_bdd import given, parsers, scenario, scenarios, then, when
 
 from cuprumd.backend import StreamBackend
+from tests.daemon_harness import (
+    HIDE_NATIVE,
+    Daemon,
+    RawConnection,
+    start_daemon,
+    wait_for,
+)
+from tests.helpers import pid_alive
 
 
 @scenario(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from daemon_harness import Daemon, DaemonPool
 
 from cuprumd.backend import StreamBackend
+from tests.daemon_harness import Daemon, DaemonPool
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import os
 import subprocess
 
 import pytest
-from daemon_harness import PYTHON, Daemon, daemon_env, job
 
 from cuprumd.backend import StreamBackend
 from cuprumd.client import Client, DaemonUnavailable
 from cuprumd.errors import NotFound, ProgramNotAllowed
 from cuprumd.models import JobState
+from tests.daemon_harness import PYTHON, Daemon, daemon_env, job
 
 DAEMON_SETTINGS = {"programs": ["printf", "sort", "cat", "head", "yes", "sleep",
                                 "false", "sh", "tr", "wc"]}  # fmt: skip

@@ -7,9 +7,15 @@ import threading
 import time
 from typing import Any
 
-from daemon_harness import Daemon, RawConnection, job, pid_alive, start_daemon, wait_for
-
 from cuprumd.backend import StreamBackend
+from tests.daemon_harness import (
+    Daemon,
+    RawConnection,
+    job,
+    start_daemon,
+    wait_for,
+)
+from tests.helpers import pid_alive
 
 
 def running_children(daemon: Daemon, count: int) -> list[int]:

@@ -7,27 +7,25 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from daemon_harness import (
+
+from cuprumd.settings import DEFAULT_PROGRAMS
+from tests.daemon_harness import (
     ACTIVATE,
     HIDE_NATIVE,
-    PYTHON,
     RawConnection,
     base_config,
-    daemon_env,
     job,
-    pid_alive,
+    serve_to_exit,
     short_tmpdir,
     start_daemon,
     wait_for,
     write_config,
 )
-
-from cuprumd.settings import DEFAULT_PROGRAMS
+from tests.helpers import pid_alive
 
 
 def test_toml_pinned_python_is_reported_by_ping_and_every_result() -> None:
@@ -134,14 +132,7 @@ def test_a_live_socket_is_not_stolen_by_a_second_daemon() -> None:
     try:
         config = base_config(first.workdir, stream_backend="python")
         path = write_config(first.workdir / "second.toml", config)
-        second = subprocess.run(
-            [PYTHON, "-m", "cuprumd.cli", "serve", "--config", str(path)],
-            env=daemon_env(),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        second = serve_to_exit(path)
         assert second.returncode == 1
         assert "already listening" in second.stderr
         assert "Traceback" not in second.stderr
@@ -155,14 +146,7 @@ def test_unknown_config_key_exits_78() -> None:
     workdir = short_tmpdir()
     path = workdir / "bad.toml"
     path.write_text('stream_backend = "python"\nsocket_pth = "/tmp/x"\n')
-    proc = subprocess.run(
-        [PYTHON, "-m", "cuprumd.cli", "serve", "--config", str(path)],
-        env=daemon_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    proc = serve_to_exit(path)
     assert proc.returncode == 78
     assert "socket_pth" in proc.stderr
 

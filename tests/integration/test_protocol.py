@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from daemon_harness import Daemon, RawConnection, job, start_daemon, wait_for
 
 from cuprumd.backend import StreamBackend
+from tests.daemon_harness import Daemon, RawConnection, job, start_daemon, wait_for
 
 MAX_REQUEST = 4096
 DAEMON_SETTINGS = {"max_request_bytes": MAX_REQUEST, "max_stages": 3}

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from daemon_harness import REPO, Daemon, start_daemon
 
 from cuprumd.errors import PROTOCOL_ERRORS
+from tests.daemon_harness import REPO, Daemon, start_daemon
 
 DOC = REPO / "docs" / "protocol.md"
 #: The settings docs/protocol.md says its examples were taken with.
