@@ -37,11 +37,12 @@ def choose_event_loop(
 ) -> str:
     """The loop to run; ``auto`` means uvloop when it is installed.
 
-    ``make bench`` settled it: with 8 clients the daemon sustains about 0.94
-    of the ``posix_spawn`` rate on uvloop against about 0.65 on asyncio, at
-    the same round trip, and the pumps run alike on both. uvloop's slower
-    child spawning does not apply: stages are started with ``Popen`` and
-    watched through pidfds, never through the loop's subprocess API.
+    ``make bench`` settled it (``docs/performance.md``): the round trip is
+    the same on both, the pumps run alike, and under 8 concurrent clients
+    uvloop sustained a rate as high or higher than asyncio's in most runs.
+    uvloop's slower child spawning does not apply here: stages are started
+    with ``Popen`` and watched through pidfds, never through the loop's
+    subprocess API.
     """
     if setting != "auto":
         return setting
