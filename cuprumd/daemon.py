@@ -13,6 +13,7 @@ import importlib.util
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from cuprumd import __version__, pipeline
@@ -161,6 +162,29 @@ async def _serve(
     _log.info("daemon.stopped")
 
 
+def prepare_state_dir(path: Path | None) -> None:
+    """Create ``state_dir`` (0700) if needed and prove it writable now.
+
+    Nothing is stored there yet; checking at start-up means the day
+    something is, a bad path will already have been caught.
+
+    Raises
+    ------
+    StartupError
+        Naming the key and the path when it cannot be used.
+    """
+    if path is None:
+        return
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        msg = f"state_dir {str(path)!r} cannot be created: {exc.strerror}"
+        raise StartupError(msg) from None
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        msg = f"state_dir {str(path)!r} is not a writable directory"
+        raise StartupError(msg)
+
+
 def run_daemon(loaded: LoadedSettings) -> int:
     """Start, serve until SIGTERM/SIGINT, and return the exit status (0).
 
@@ -188,6 +212,7 @@ def run_daemon(loaded: LoadedSettings) -> int:
         raise StartupError(decision.error or "the stream backend is unavailable")
     _log.info("stream_backend.resolved", **decision.as_event())
     backend = decision.resolved
+    prepare_state_dir(settings.state_dir)
     allowlist = _resolve_allowlist(settings)
     uvloop_installed = importlib.util.find_spec("uvloop") is not None
     loop_name = choose_event_loop(

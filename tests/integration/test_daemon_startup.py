@@ -256,3 +256,25 @@ def test_runs_as_an_unprivileged_user_and_creates_its_socket_dir() -> None:
     finally:
         daemon.close()
         shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_unusable_state_dir_refuses_to_start() -> None:
+    workdir = short_tmpdir()
+    blocker = workdir / "not-a-dir"
+    blocker.write_text("")
+    config = base_config(workdir, stream_backend="python")
+    config["state_dir"] = str(blocker / "state")
+    proc = serve_to_exit(write_config(workdir / "c.toml", config))
+    assert proc.returncode == 1
+    assert "state_dir" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (workdir / "d.sock").exists()
+
+
+def test_state_dir_is_created_private(tmp_path: Path) -> None:
+    from cuprumd.daemon import prepare_state_dir
+
+    target = tmp_path / "a" / "state"
+    prepare_state_dir(target)
+    assert target.is_dir()
+    assert target.stat().st_mode & 0o777 == 0o700
