@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import stat
 import threading
 from collections.abc import Callable, Mapping
@@ -211,8 +212,6 @@ class PythonPump:
 
 
 def _poll_now(fd: int) -> bool:
-    import select  # noqa: PLC0415 - only needed on the rare EAGAIN path
-
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(0))
