@@ -26,6 +26,7 @@ from cuprumd.models import JobResult
 from cuprumd.programs import Allowlist, load_allowlist
 from cuprumd.server import Server
 from cuprumd.settings import LoadedSettings, Settings
+from cuprumd.spawn import raise_fd_limit
 from cuprumd.systemd import Notifier
 
 __all__ = ["choose_event_loop", "run_daemon"]
@@ -213,6 +214,7 @@ def run_daemon(loaded: LoadedSettings) -> int:
     _log.info("stream_backend.resolved", **decision.as_event())
     backend = decision.resolved
     prepare_state_dir(settings.state_dir)
+    _log.info("fd_limit.raised", soft=raise_fd_limit())
     allowlist = _resolve_allowlist(settings)
     uvloop_installed = importlib.util.find_spec("uvloop") is not None
     loop_name = choose_event_loop(
