@@ -123,6 +123,7 @@ async def _serve(
         settings.max_concurrent_jobs,
         settings.max_queued_jobs,
         settings.result_retention_seconds,
+        settings.max_retained_bytes,
     )
     registry = JobRegistry(
         limits,

@@ -36,6 +36,7 @@ class Limits:
     max_concurrent_jobs: int
     max_queued_jobs: int
     result_retention_seconds: float
+    max_retained_bytes: int = 256 << 20
 
 
 @dataclass(eq=False)
@@ -85,6 +86,11 @@ def unstarted_result(
     return result.model_copy(update={"error": message})
 
 
+def _output_size(result: JobResult) -> int:
+    """What a kept result costs: its captured output, as encoded."""
+    return len(result.stdout) + sum(len(stage.stderr) for stage in result.stages)
+
+
 def _finished_event(job: Job, result: JobResult) -> dict[str, object]:
     """Metadata only: never stdin, output or environment values."""
     return {
@@ -123,6 +129,7 @@ class JobRegistry:
         self._queue: deque[Job] = deque()
         self._running: dict[Job, asyncio.Task[None]] = {}
         self._retained: OrderedDict[str, Job] = OrderedDict()
+        self._retained_bytes = 0
         self._closing = False
         self.accepted = 0
         self.ended: Counter[str] = Counter()
@@ -149,6 +156,14 @@ class JobRegistry:
             msg = (
                 f"all {limits.max_concurrent_jobs} job slots are taken and the "
                 f"queue is full ({limits.max_queued_jobs}); retry later"
+            )
+            raise Busy(msg)
+        if detached and self._retained_bytes >= limits.max_retained_bytes:
+            msg = (
+                f"{len(self._retained)} finished jobs hold "
+                f"{self._retained_bytes} bytes of unfetched output, over "
+                f"max_retained_bytes ({limits.max_retained_bytes}); fetch them "
+                "with wait, or retry once they expire"
             )
             raise Busy(msg)
         job = Job(secrets.token_hex(8), spec, executables, peer, detached)
@@ -203,6 +218,7 @@ class JobRegistry:
             self.bytes_by_pump[transfer.pump] += transfer.bytes
         if job.detached and job.job_id in self._jobs:
             self._retained[job.job_id] = job
+            self._retained_bytes += _output_size(result)
         job.done.set()
         _log.info("job.finished", **_finished_event(job, result))
 
@@ -266,7 +282,9 @@ class JobRegistry:
     def forget(self, job: Job) -> None:
         """Drop a job whose result was delivered."""
         self._jobs.pop(job.job_id, None)
-        self._retained.pop(job.job_id, None)
+        if self._retained.pop(job.job_id, None) is not None:
+            assert job.result is not None
+            self._retained_bytes -= _output_size(job.result)
 
     def _purge(self) -> None:
         """Expire unfetched results; finish order is expiry order."""
@@ -290,6 +308,7 @@ class JobRegistry:
             "running": len(self._running),
             "accepted": self.accepted,
             "retained": len(self._retained),
+            "retained_bytes": self._retained_bytes,
         }
 
     # -- shutdown --------------------------------------------------------------

@@ -187,6 +187,7 @@ class StatsResult(_Result):
     accepted: int
     errors: dict[str, int]
     retained: int
+    retained_bytes: int
     connections: int
     max_concurrent_jobs: int
     max_queued_jobs: int

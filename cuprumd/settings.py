@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     kill_grace_seconds: float = Field(default=5.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     result_retention_seconds: float = Field(default=600.0, ge=0)
+    max_retained_bytes: int = Field(default=256 << 20, ge=0)
     pump_buffer_size: int = Field(default=1 << 20, ge=4096, le=GiB)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log_format: Literal["json", "console"] = "json"

@@ -28,6 +28,7 @@ class FakeRunner:
         self.started: list[str] = []
         self.crash = False
         self.ignore_cancel = False
+        self.stdout = ""
 
     async def __call__(self, job: Job) -> JobResult:
         self.started.append(job.job_id)
@@ -45,6 +46,7 @@ class FakeRunner:
         return result.model_copy(
             update={
                 "error": None,
+                "stdout": self.stdout,
                 "transfers": [
                     TransferResult(from_stage=0, to_stage=1, pump="python", bytes=5)
                 ],
@@ -69,11 +71,12 @@ def scenario(
     running: int = 1,
     queued: int = 1,
     retention: float = 60.0,
+    retained_bytes: int = 256 << 20,
 ) -> Any:
     async def go() -> Any:
         runner, clock = FakeRunner(), Clock()
         registry = JobRegistry(
-            Limits(running, queued, retention),
+            Limits(running, queued, retention, retained_bytes),
             runner,
             backend="python",
             daemon_uid=999,
@@ -244,3 +247,26 @@ def test_shutdown_cancels_a_runner_that_ignores_its_cancel_event() -> None:
         assert job.result.error == "the daemon stopped"
 
     scenario(body)
+
+
+def test_unfetched_output_past_the_budget_refuses_submits_not_runs() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        runner.stdout = "x" * 100
+        first = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        runner.finish(first)
+        await settle()
+        second = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        runner.finish(second)
+        await settle()
+        assert registry.counters()["retained_bytes"] == 200
+        with pytest.raises(Busy, match="max_retained_bytes"):
+            registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        attached = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=False)
+        runner.finish(attached)
+        await settle()
+        assert (await registry.wait(first, None)).stdout == "x" * 100
+        assert registry.counters()["retained_bytes"] == 100
+        third = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        assert third.state is JobState.RUNNING
+
+    scenario(body, running=4, queued=0, retained_bytes=150)
