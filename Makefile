@@ -8,7 +8,7 @@ NATIVE_STAMP := $(VENV)/.native
 RUST_SOURCES := $(shell find crates -name '*.rs' -o -name Cargo.toml 2>/dev/null) Cargo.toml
 CONFIG ?= config/cuprumd.toml
 
-.PHONY: all venv build test test-python test-rust lint check-fmt typecheck fmt run bench clean
+.PHONY: all venv build test test-python test-unprivileged test-rust lint check-fmt typecheck fmt run bench clean
 
 all: build
 
@@ -31,10 +31,25 @@ $(NATIVE_STAMP): $(STAMP) $(RUST_SOURCES)
 
 build: $(NATIVE_STAMP)
 
-test: build test-rust test-python
+#: The uid the second, unprivileged run of the integration tests gives its
+#: daemons (as root only; an ordinary user's run is already unprivileged).
+UNPRIVILEGED_UID ?= 65534
+
+test: build test-rust test-python test-unprivileged
 
 test-python: build
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The deployed daemon is an unprivileged user: no cgroup subtree of its own,
+# the per-user pipe budget. Run every real-daemon test again as one.
+test-unprivileged: build
+	@if [ "$$(id -u)" = 0 ]; then \
+		command -v setpriv >/dev/null || { echo "setpriv is required" >&2; exit 1; }; \
+		CUPRUM_TEST_DAEMON_USER=$(UNPRIVILEGED_UID) $(BIN)/python -m pytest \
+			tests/integration tests/behaviour/test_daemon_behaviour.py $(PYTEST_ARGS); \
+	else \
+		echo "test-unprivileged: already unprivileged (uid $$(id -u)); covered by test-python"; \
+	fi
 
 test-rust:
 	cargo test --workspace --quiet

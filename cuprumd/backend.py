@@ -75,6 +75,11 @@ def _probe_native() -> bool:
     while the module initialises) would otherwise masquerade as "not
     installed" and silently cost the user the fast path, so it is logged and
     re-raised.
+
+    An imported module is available. Its ``is_available()`` only says
+    whether ``splice(2)`` works here, which the native pump does not need
+    (it copies through a buffer when splice refuses), so a ``False`` is
+    logged, not turned into "unavailable".
     """
     try:
         native = importlib.import_module(NATIVE_MODULE)
@@ -86,7 +91,12 @@ def _probe_native() -> bool:
     except ImportError:
         _log.exception("native stream extension failed to import")
         raise
-    return bool(native.is_available())
+    if not native.is_available():
+        _log.warning(
+            "splice(2) does not work here; the native pump will copy through "
+            "a buffer where splice refuses"
+        )
+    return True
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,8 +16,10 @@ from typing import Any
 from cuprumd import __version__
 from cuprumd.backend import BackendDecision, decide_stream_backend
 from cuprumd.daemon import run_daemon
+from cuprumd.engine import sandbox
 from cuprumd.errors import EX_CONFIG, ConfigError, StartupError
-from cuprumd.settings import LoadedSettings, load_settings
+from cuprumd.programs import load_allowlist
+from cuprumd.settings import LoadedSettings, Settings, load_settings
 
 __all__ = ["main"]
 
@@ -54,11 +56,89 @@ def _render_value(value: object) -> str:
     return json.dumps(value, default=str)
 
 
+def _sandbox_report(settings: Settings) -> dict[str, Any]:
+    """Build the sandbox exactly as the daemon would, keeping failures as data.
+
+    The ruleset is created and closed again so that a kernel that cannot
+    enforce the mode, or a path that cannot carry a rule, fails here and
+    not at the first job.
+    """
+    allowlist = load_allowlist(settings.programs)
+    names = [*allowlist.by_name, *sorted(allowlist.paths)]
+    executables = [*allowlist.by_name.values(), *sorted(allowlist.paths)]
+    report: dict[str, Any] = {
+        "mode": settings.sandbox,
+        "landlock_abi": sandbox.landlock_abi(),
+        "required_abi": sandbox.REQUIRED_ABI,
+        "policy": None,
+        "error": None,
+        "warnings": [],
+    }
+    try:
+        policy = sandbox.build_policy(
+            settings.sandbox,
+            executables,
+            readable_paths=settings.readable_paths,
+            writable_paths=settings.writable_paths,
+            state_dir=settings.state_dir,
+        )
+        ruleset = sandbox.create_ruleset(policy)
+        if ruleset is not None:
+            ruleset.close()
+        report["policy"] = policy.describe()
+    except ConfigError as exc:
+        report["error"] = str(exc)
+    warnings: list[str] = report["warnings"]
+    if settings.sandbox == "off":
+        warnings.extend(
+            f"programs allows {name!r}, which can run other programs or write "
+            'files by name, and sandbox = "off" leaves nothing to contain it'
+            for name in sandbox.risky_programs(names)
+        )
+        if allowlist.any_program:
+            warnings.append(
+                'programs includes "*" and sandbox = "off": a client may run '
+                "any program on the daemon's PATH as the daemon's user"
+            )
+    elif allowlist.any_program:
+        warnings.append(
+            'programs includes "*", but the sandbox lets only the programs '
+            "named in the allowlist (and their interpreters) be executed"
+        )
+    return report
+
+
+def _render_sandbox_value(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "(none)"
+    if isinstance(value, dict):
+        return "; ".join(
+            f"{key} {_render_sandbox_value(item)}" for key, item in value.items()
+        )
+    return str(value)
+
+
+def _print_sandbox(report: dict[str, Any]) -> None:
+    abi = f"Landlock ABI {report['landlock_abi']}"
+    if report["mode"] == "off":
+        print(f"sandbox: off ({abi} available; jobs run without a sandbox)")
+    else:
+        needed = report["required_abi"]
+        print(f"sandbox: {report['mode']} ({abi} found, {needed} needed)")
+    policy: dict[str, object] | None = report["policy"]
+    for key, value in (policy or {}).items():
+        if key not in {"mode", "enforced"}:
+            print(f"sandbox {key}: {_render_sandbox_value(value)}")
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
+
+
 def _check_config(
     loaded: LoadedSettings, decision: BackendDecision, *, as_json: bool
 ) -> int:
     settings = loaded.settings
     values = settings.model_dump(mode="json")
+    report = _sandbox_report(settings)
     if as_json:
         doc = {
             "settings": {
@@ -66,6 +146,7 @@ def _check_config(
                 for key in sorted(values)
             },
             "stream_backend": decision.as_event() | {"error": decision.error},
+            "sandbox": report,
         }
         print(json.dumps(doc, indent=2))
     else:
@@ -84,6 +165,10 @@ def _check_config(
                 f"{decision.requested} from {decision.source}, rust available: "
                 f"{_render_value(decision.rust_available)})"
             )
+        _print_sandbox(report)
+    if report["error"] is not None:
+        print(f"cuprumd: configuration error: {report['error']}", file=sys.stderr)
+        return EX_CONFIG
     return 0 if decision.resolved is not None else 1
 
 

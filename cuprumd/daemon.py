@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from cuprumd import __version__, pipeline
-from cuprumd.backend import StreamBackend, decide_stream_backend
+from cuprumd.backend import NATIVE_MODULE, StreamBackend, decide_stream_backend
+from cuprumd.containment import Guard, prepare_guard
+from cuprumd.engine.limits import raise_fd_limit
 from cuprumd.errors import ConfigError, StartupError
 from cuprumd.jobs import Job, JobRegistry, Limits, Runner
 from cuprumd.listener import Listener, open_listener
@@ -26,7 +28,6 @@ from cuprumd.models import JobResult
 from cuprumd.programs import Allowlist, load_allowlist
 from cuprumd.server import Server
 from cuprumd.settings import LoadedSettings, Settings
-from cuprumd.spawn import raise_fd_limit
 from cuprumd.systemd import Notifier
 
 __all__ = ["choose_event_loop", "run_daemon"]
@@ -63,8 +64,14 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _make_runner(settings: Settings, backend: StreamBackend) -> Runner:
-    options = pipeline.RunOptions.from_settings(settings)
+def _make_runner(settings: Settings, backend: StreamBackend, guard: Guard) -> Runner:
+    options = pipeline.RunOptions.from_settings(
+        settings,
+        containment=guard.containment,
+        launcher=guard.launcher,
+        cgroups=guard.cgroups,
+        process_index=guard.index,
+    )
 
     async def run(job: Job) -> JobResult:
         return await pipeline.execute(
@@ -104,7 +111,11 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
 
 
 async def _serve(
-    settings: Settings, backend: StreamBackend, allowlist: Allowlist, notifier: Notifier
+    settings: Settings,
+    backend: StreamBackend,
+    allowlist: Allowlist,
+    notifier: Notifier,
+    guard: Guard,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop, hurry = asyncio.Event(), asyncio.Event()
@@ -125,16 +136,19 @@ async def _serve(
         settings.result_retention_seconds,
         settings.max_retained_bytes,
     )
-    registry = JobRegistry(
-        limits,
-        _make_runner(settings, backend),
-        backend=str(backend),
-        daemon_uid=os.getuid(),
-    )
-    server = Server(settings, str(backend), allowlist, registry)
     listener: Listener = open_listener(
         settings.socket_path, settings.socket_mode, settings.socket_group
     )
+    # Only now: the subtree's leftovers are killed, and holding the socket
+    # proves no other live daemon owns them.
+    guard.open_cgroups(settings, str(settings.socket_path))
+    registry = JobRegistry(
+        limits,
+        _make_runner(settings, backend, guard),
+        backend=str(backend),
+        daemon_uid=os.getuid(),
+    )
+    server = Server(settings, str(backend), allowlist, registry, guard)
     watchdog: asyncio.Task[None] | None = None
     try:
         await server.start(listener)
@@ -162,6 +176,11 @@ async def _serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")
+
+
+def _executables(allowlist: Allowlist) -> list[str]:
+    """Every program the sandbox must let a stage execute."""
+    return sorted({*allowlist.by_name.values(), *allowlist.paths})
 
 
 def prepare_state_dir(path: Path | None) -> None:
@@ -204,9 +223,17 @@ def run_daemon(loaded: LoadedSettings) -> int:
     # Read before anything else so that no thread or child could see them.
     notifier = Notifier.from_environ(os.environ)
     _log.info("daemon.starting", version=__version__, pid=os.getpid())
-    decision = decide_stream_backend(
-        settings.stream_backend, loaded.sources["stream_backend"]
-    )
+    try:
+        decision = decide_stream_backend(
+            settings.stream_backend, loaded.sources["stream_backend"]
+        )
+    except ImportError as exc:
+        _log.error("stream_backend.broken", module=NATIVE_MODULE, error=str(exc))
+        msg = (
+            f"the native extension {NATIVE_MODULE} is installed but cannot be "
+            f"loaded ({exc}); rebuild it, or set stream_backend = 'python'"
+        )
+        raise StartupError(msg) from None
     if decision.resolved is None:
         _log.error(
             "stream_backend.unavailable", **decision.as_event(), error=decision.error
@@ -215,7 +242,8 @@ def run_daemon(loaded: LoadedSettings) -> int:
     _log.info("stream_backend.resolved", **decision.as_event())
     backend = decision.resolved
     prepare_state_dir(settings.state_dir)
-    _log.info("fd_limit.raised", soft=raise_fd_limit())
+    nofile_soft, raised = raise_fd_limit()
+    _log.info("fd_limit.raised", soft=raised, stages_soft=nofile_soft)
     allowlist = _resolve_allowlist(settings)
     uvloop_installed = importlib.util.find_spec("uvloop") is not None
     loop_name = choose_event_loop(
@@ -223,10 +251,13 @@ def run_daemon(loaded: LoadedSettings) -> int:
     )
     factory = _loop_factory(loop_name)
     _log.info("event_loop.selected", requested=settings.event_loop, loop=loop_name)
+    guard = prepare_guard(settings, _executables(allowlist), nofile_soft=nofile_soft)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(settings, backend, allowlist, notifier))
+            runner.run(_serve(settings, backend, allowlist, notifier, guard))
     except (StartupError, ConfigError) as exc:
         _log.error("daemon.failed", error=str(exc))
         raise
+    finally:
+        guard.close()
     return 0

@@ -50,10 +50,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _no_nul(value: str, what: str) -> str:
+def _exec_safe(value: str, what: str) -> str:
+    """A string that can reach ``execve`` as it is: no NUL, valid UTF-8.
+
+    A lone surrogate (JSON ``"\\ud800"``) has no UTF-8 form; refusing it here
+    keeps it from failing half-way through starting a pipeline.
+    """
     if "\0" in value:
         msg = f"{what} must not contain NUL bytes"
         raise ValueError(msg)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = f"{what} must be valid Unicode text: {exc.reason} at index {exc.start}"
+        raise ValueError(msg) from None
     return value
 
 
@@ -69,7 +79,7 @@ class StageSpec(_Strict):
             msg = "argv[0] must name a program"
             raise ValueError(msg)
         for arg in argv:
-            _no_nul(arg, "argv")
+            _exec_safe(arg, "argv")
         return argv
 
 
@@ -92,14 +102,14 @@ class JobSpec(_Strict):
             if not key or "=" in key:
                 msg = f"env key {key!r} must be non-empty and contain no '='"
                 raise ValueError(msg)
-            _no_nul(key, "env keys")
-            _no_nul(value, "env values")
+            _exec_safe(key, "env keys")
+            _exec_safe(value, "env values")
         return env
 
     @field_validator("cwd")
     @classmethod
     def _check_cwd(cls, cwd: str | None) -> str | None:
-        return None if cwd is None else _no_nul(cwd, "cwd")
+        return None if cwd is None else _exec_safe(cwd, "cwd")
 
     @model_validator(mode="after")
     def _check_stdin(self) -> JobSpec:

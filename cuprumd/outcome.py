@@ -13,10 +13,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cuprumd.models import Encoding, JobResult, JobState, StageResult, TransferResult
-from cuprumd.pump import TransferOutcome
+from cuprumd.models import (
+    Encoding,
+    JobResult,
+    JobState,
+    PumpName,
+    StageResult,
+    TransferResult,
+)
 
-__all__ = ["Facts", "build_result", "decide_state", "now_iso", "signal_name"]
+__all__ = [
+    "Facts",
+    "TransferOutcome",
+    "build_result",
+    "decide_state",
+    "now_iso",
+    "signal_name",
+]
 
 _SIGPIPE = -int(signal.SIGPIPE)
 
@@ -75,6 +88,17 @@ def decide_state(
         if not earned_sigpipe:
             return JobState.FAILED, index
     return JobState.SUCCEEDED, None
+
+
+@dataclass(frozen=True)
+class TransferOutcome:
+    """What one transfer did: the pump that ran, bytes moved, and why the
+    Rust pump was bypassed (``None`` when it was not)."""
+
+    pump: PumpName
+    bytes: int
+    fallback_reason: str | None = None
+    downstream_closed: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from cuprumd.backend import (
     BACKEND_ENV_VAR,
@@ -25,38 +25,69 @@ from cuprumd.backend import (
     parse_stream_backend,
     resolve_stream_backend,
 )
-from cuprumd.fdio import Capture, Feeder, watch_exit
-from cuprumd.models import JobResult, JobSpec, JobState, PumpName
+from cuprumd.engine.cgroup import JobCgroups
+from cuprumd.engine.environment import child_env
+from cuprumd.engine.launch import Containment, Launcher, StageLaunch, choose_launcher
+from cuprumd.engine.plumbing import SpawnError, open_plumbing
+from cuprumd.engine.processes import JobProcessIndex, ProcessGroup
+from cuprumd.engine.streams import Streams
+from cuprumd.models import JobResult, JobSpec, JobState
 from cuprumd.outcome import Facts, build_result, now_iso
-from cuprumd.pump import TransferOutcome, run_transfer
-from cuprumd.settings import Settings
-from cuprumd.spawn import Plumbing, SpawnError, child_env, open_plumbing, spawn_stage
 
 __all__ = ["RunOptions", "execute", "run_pipeline"]
 
 
+class _JobLimits(Protocol):
+    """The settings a run needs (``cuprumd.settings.Settings`` has them);
+    the engine does not import the daemon's settings model."""
+
+    @property
+    def max_output_bytes(self) -> int: ...
+    @property
+    def default_timeout(self) -> float: ...
+    @property
+    def kill_grace_seconds(self) -> float: ...
+    @property
+    def pump_buffer_size(self) -> int: ...
+
+
+class _PipelineSettings(_JobLimits, Protocol):
+    @property
+    def stream_backend(self) -> StreamBackend: ...
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    """The part of the settings a single job run needs."""
+    """Job limits plus the daemon-wide means of containment.
+
+    Without a daemon (library use) there is no sandbox and no cgroup, but
+    stages still get their own group, the parent-death signal and the
+    final sweep.
+    """
 
     max_output_bytes: int = 16 << 20
     default_timeout: float = 300.0
     kill_grace_seconds: float = 5.0
     pump_buffer_size: int = 1 << 20
+    containment: Containment = field(default_factory=Containment)
+    launcher: Launcher | None = None
+    cgroups: JobCgroups | None = None
+    process_index: JobProcessIndex | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RunOptions:
-        """Take the job-level limits out of the daemon settings."""
+    def from_settings(cls, settings: _JobLimits, **means: Any) -> RunOptions:
+        """Take the job-level limits out of the settings."""
         return cls(
             max_output_bytes=settings.max_output_bytes,
             default_timeout=settings.default_timeout,
             kill_grace_seconds=settings.kill_grace_seconds,
             pump_buffer_size=settings.pump_buffer_size,
+            **means,
         )
 
 
 class _Run:
-    """One job's processes, pipes and pumps, from spawn to result."""
+    """One job from spawn to result: a process group and its streams."""
 
     def __init__(
         self,
@@ -72,116 +103,84 @@ class _Run:
         self.job_id = job_id
         self.executables = executables
         self.loop = asyncio.get_running_loop()
-        n = len(job.stages)
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
-        self.returncodes: list[int | None] = [None] * n
-        self.pgid: int | None = None
-        self.links: Plumbing | None = None
-        self.exits: list[asyncio.Future[int]] = []
+        self.group: ProcessGroup | None = None
+        self.streams: Streams | None = None
         self.error: str | None = None
         self.end_state: JobState | None = None
         self.fail_fast_stage: int | None = None
         self.kill_timer: asyncio.TimerHandle | None = None
-        self.stdout: Capture | None = None
-        self.stderrs: list[Capture | None] = [None] * n
-        self.feeder: Feeder | None = None
-        self.transfers: list[asyncio.Task[TransferOutcome]] = []
 
     # -- spawning ---------------------------------------------------------
     def spawn(self) -> None:
         """Start every stage in one new process group, or none at all."""
-        stdin = self.job.stdin_bytes()
-        env = child_env(self.job.env)
+        job, options = self.job, self.options
+        stdin = job.stdin_bytes()
         try:
-            self.links = links = open_plumbing(
-                len(self.job.stages), with_stdin=stdin is not None,
-                pipe_size=self.options.pump_buffer_size,
+            links = open_plumbing(
+                len(job.stages), with_stdin=stdin is not None,
+                pipe_size=options.pump_buffer_size,
             )  # fmt: skip
         except SpawnError as exc:
             self.error = str(exc)
             return
+        self.streams = Streams(
+            self.loop, links, self.backend,
+            max_output_bytes=options.max_output_bytes,
+            buffer_size=options.pump_buffer_size, job_id=self.job_id,
+        )  # fmt: skip
         try:
-            for i, stage in enumerate(self.job.stages):
-                exe = self.executables[i] if self.executables else None
-                proc = spawn_stage(
-                    stage.argv, exe, links.child_fds(i), env, self.job.cwd,
-                    process_group=0 if self.pgid is None else self.pgid,
+            cgroup = None
+            if options.cgroups is not None and self.job_id is not None:
+                cgroup = options.cgroups.create(self.job_id)
+        except OSError as exc:
+            self.error = f"cannot create the job's cgroup: {exc.strerror}"
+            return
+        launcher = options.launcher or choose_launcher()[1]
+        self.group = group = ProcessGroup(
+            self.loop, launcher, cgroup, options.process_index
+        )
+        env = child_env(job.env)
+        try:
+            for i, stage in enumerate(job.stages):
+                program = (
+                    self.executables[i]
+                    if self.executables
+                    else _locate(stage.argv[0], env)
+                )
+                group.start(
+                    StageLaunch(
+                        program, stage.argv, env, links.child_fds(i),
+                        process_group=group.pgid or 0, cwd=job.cwd,
+                        cgroup_procs_fd=group.cgroup_procs_fd,
+                        containment=options.containment,
+                    )
                 )  # fmt: skip
-                self.procs[i] = proc
-                exit_future = watch_exit(self.loop, proc)
-                exit_future.add_done_callback(functools.partial(self._on_stage_exit, i))
-                self.exits.append(exit_future)
-                if self.pgid is None:
-                    self.pgid = proc.pid
+                group.exits[i].add_done_callback(
+                    functools.partial(self._on_stage_exit, i)
+                )
                 links.release_child_fds(i)
         except SpawnError as exc:
             self.error = str(exc)
-            links.close_all()
-            self._signal_group(signal.SIGKILL)
+            group.signal(signal.SIGKILL)
             return
-        self._start_streams(links, stdin)
-
-    def _start_streams(self, links: Plumbing, stdin: bytes | None) -> None:
-        limit = self.options.max_output_bytes
-        if stdin is not None:
-            self.feeder = Feeder(self.loop, links.take_stdin_writer(), stdin)
-            self.feeder.start()
-        for i in range(len(self.job.stages)):
-            capture = Capture(self.loop, links.take_stderr_reader(i), limit)
-            capture.start()
-            self.stderrs[i] = capture
-        self.stdout = Capture(self.loop, links.take_stdout_reader(), limit)
-        self.stdout.start()
-        for i in range(len(self.job.stages) - 1):
-            reader, writer = links.take_transfer(i)
-            context: dict[str, object] = {
-                "job_id": self.job_id,
-                "from_stage": i,
-                "to_stage": i + 1,
-            }
-            self.transfers.append(
-                self.loop.create_task(
-                    run_transfer(
-                        self.backend, reader, writer,
-                        buffer_size=self.options.pump_buffer_size,
-                        log_context=context,
-                    )
-                )
-            )  # fmt: skip
+        self.streams.start(stdin)
 
     # -- termination ------------------------------------------------------
-    def _signal_group(self, sig: signal.Signals) -> None:
-        if self.pgid is None or all(rc is not None for rc in self._live_codes()):
-            return
-        try:
-            os.killpg(self.pgid, sig)
-        except ProcessLookupError:
-            pass
-
-    def _live_codes(self) -> list[int | None]:
-        return [
-            rc
-            for proc, rc in zip(self.procs, self.returncodes, strict=True)
-            if proc is not None
-        ]
-
     def terminate(self, state: JobState | None) -> None:
         """SIGTERM the group now and SIGKILL it after the grace period."""
         if state is not None and self.end_state is None:
             self.end_state = state
-        if self.kill_timer is not None:
+        if self.kill_timer is not None or self.group is None:
             return
-        self._signal_group(signal.SIGTERM)
+        self.group.signal(signal.SIGTERM)
         self.kill_timer = self.loop.call_later(
-            self.options.kill_grace_seconds, self._signal_group, signal.SIGKILL
+            self.options.kill_grace_seconds, self.group.signal, signal.SIGKILL
         )
-        if self.feeder is not None:
-            self.feeder.abort()
+        if self.streams is not None:
+            self.streams.stop_feeding()
 
     def _on_stage_exit(self, index: int, exited: asyncio.Future[int]) -> None:
-        returncode = exited.result()
-        self.returncodes[index] = returncode
-        failed = returncode not in (0, -signal.SIGPIPE)
+        failed = exited.result() not in (0, -signal.SIGPIPE)
         if failed and self.job.fail_fast and self.kill_timer is None:
             self.fail_fast_stage = index
             self.terminate(None)
@@ -205,78 +204,66 @@ class _Run:
                 watcher.cancel()
 
     async def settle(self) -> None:
-        """Wait for every stage to exit, then for every stream to drain."""
+        """Wait for the stages, sweep what they left, drain, close.
+
+        The sweep comes before the drain: a background child holding a
+        pipe open would otherwise keep the job alive after its stages.
+        """
+        group, streams = self.group, self.streams
         try:
-            if self.exits:
+            if group is not None and group.exits:
                 # wait(), unlike gather(), never cancels the futures it watches:
                 # a cancelled caller must still see every stage reaped.
-                await asyncio.wait(self.exits)
-            await self._drain()
+                await asyncio.wait(group.exits)
+                group.sweep()
+            if streams is not None:
+                await streams.drain(self.options.kill_grace_seconds + 1.0)
         finally:
-            if self.kill_timer is not None and all(f.done() for f in self.exits):
+            if self.kill_timer is not None:
                 self.kill_timer.cancel()
+            if streams is not None:
+                streams.close()
+            if group is not None:
+                await group.close()
 
     def kill_now(self, state: JobState) -> None:
         """Skip the grace period: the caller itself is being torn down."""
         self.terminate(state)
-        self._signal_group(signal.SIGKILL)
-
-    async def _drain(self) -> None:
-        """Let pumps and captures reach EOF, but not forever.
-
-        Once every stage has exited only a descendant that escaped the
-        process group could hold a pipe open; the job must not hang on it.
-        """
-        streams: list[asyncio.Future[Any]] = [*self.transfers]
-        streams += [c.done for c in (self.stdout, *self.stderrs) if c is not None]
-        if self.feeder is not None:
-            streams.append(self.feeder.done)
-        if not streams:
-            return
-        grace = self.options.kill_grace_seconds + 1.0
-        await asyncio.wait(streams, timeout=grace)
-        for capture in (self.stdout, *self.stderrs, self.feeder):
-            if capture is not None:
-                capture.abort()
-        for task in self.transfers:
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(*self.transfers, return_exceptions=True)
+        if self.group is not None:
+            self.group.signal(signal.SIGKILL)
 
     # -- result -------------------------------------------------------------
-    def _transfer_outcomes(self) -> list[TransferOutcome]:
-        """Each transfer's outcome; a pump that failed makes the job an error.
-
-        A transfer cut short by an I/O error would otherwise look like a
-        short but successful stream: data lost without a word.
-        """
-        outcomes = []
-        for i, task in enumerate(self.transfers):
-            failure = None if task.cancelled() else task.exception()
-            if task.cancelled() or failure is not None:
-                if failure is not None and self.error is None:
-                    self.error = f"pump {i}->{i + 1} failed: {failure}"
-                pump: PumpName = (
-                    "rust-splice" if self.backend is StreamBackend.RUST else "python"
-                )
-                outcomes.append(TransferOutcome(pump, 0))
-            else:
-                outcomes.append(task.result())
-        return outcomes
+    def _pump_failed(self, index: int, failure: BaseException) -> None:
+        """A transfer cut short by an I/O error would otherwise look like a
+        short but successful stream: data lost without a word."""
+        if self.error is None:
+            self.error = f"pump {index}->{index + 1} failed: {failure}"
 
     def result(self, started: str, t0: float) -> JobResult:
         """Hand what was observed to the pure rules of ``outcome``."""
-        captures = [(b"", False) if c is None else c.contents() for c in self.stderrs]
+        count = len(self.job.stages)
+        pids: list[int | None] = [None] * count
+        codes: list[int | None] = [None] * count
+        if self.group is not None:
+            started_count = len(self.group.pids)
+            pids[:started_count] = self.group.pids
+            codes[:started_count] = self.group.returncodes
+        stdout: tuple[bytes, bool] = (b"", False)
+        stderrs: list[tuple[bytes, bool]] = [(b"", False)] * count
+        transfers = []
+        if self.streams is not None:
+            stdout, stderrs = self.streams.contents()
+            transfers = self.streams.outcomes(self._pump_failed)
         return build_result(
             Facts(
                 job_id=self.job_id,
                 backend=str(self.backend),
                 argvs=[stage.argv for stage in self.job.stages],
-                pids=[None if p is None else p.pid for p in self.procs],
-                returncodes=self.returncodes,
-                stderrs=captures,
-                stdout=(b"", False) if self.stdout is None else self.stdout.contents(),
-                transfers=self._transfer_outcomes(),
+                pids=pids,
+                returncodes=codes,
+                stderrs=stderrs,
+                stdout=stdout,
+                transfers=transfers,
                 encoding=self.job.output_encoding,
                 started_at=started,
                 duration_ms=round((time.monotonic() - t0) * 1000, 3),
@@ -285,6 +272,14 @@ class _Run:
                 fail_fast_stage=self.fail_fast_stage,
             )
         )
+
+
+def _locate(argv0: str, env: Mapping[str, str]) -> str:
+    """Library use has no allowlist: search the stage's PATH as a shell
+    would (``execve`` itself does not)."""
+    if "/" in argv0:
+        return argv0
+    return shutil.which(argv0, path=env.get("PATH", os.defpath)) or argv0
 
 
 async def execute(
@@ -315,15 +310,12 @@ async def execute(
         run.kill_now(JobState.CANCELLED)
         await asyncio.shield(run.settle())
         raise
-    finally:
-        if run.links is not None:
-            run.links.close_all()
     return run.result(started, t0)
 
 
 def run_pipeline(
     job: JobSpec | Mapping[str, Any],
-    settings: Settings | None = None,
+    settings: _PipelineSettings | None = None,
     *,
     backend: StreamBackend | str | None = None,
 ) -> JobResult:

@@ -14,6 +14,9 @@ SIGPIPE to the producer, exactly as a shell pipeline would.
   pool smaller than the number of live transfers would deadlock, because a
   pump blocks until its producer finishes, and the producer may be waiting on
   a pump that cannot get a thread.
+
+A ``Transfer`` can say at any moment which pump is running it and how many
+bytes it has moved, so a transfer cut short reports what really happened.
 """
 
 from __future__ import annotations
@@ -25,19 +28,20 @@ import select
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cuprumd.backend import StreamBackend
 from cuprumd.fdio import close_quietly
 from cuprumd.logging import get_logger
 from cuprumd.models import PumpName
+from cuprumd.outcome import TransferOutcome
 
 __all__ = [
+    "Transfer",
     "TransferOutcome",
     "describe_fd",
-    "run_transfer",
     "rust_unsupported_reason",
+    "start_transfer",
 ]
 
 _log = get_logger("cuprumd.pump")
@@ -53,21 +57,24 @@ _SPLICE_FLAGS = (
 _DOWNSTREAM_GONE = (errno.EPIPE, errno.ECONNRESET)
 
 
-@dataclass(frozen=True)
-class TransferOutcome:
-    """What one transfer did: the pump that ran, bytes moved, and why the
-    Rust pump was bypassed (``None`` when it was not)."""
-
-    pump: PumpName
-    bytes: int
-    fallback_reason: str | None = None
-    downstream_closed: bool = False
+class _Progress(Protocol):
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def method(self) -> str | None: ...
 
 
 class _NativeModule(Protocol):
     def rust_pump_transfer(
-        self, reader_fd: int, writer_fd: int, *, buffer_size: int = ...
+        self,
+        reader_fd: int,
+        writer_fd: int,
+        *,
+        buffer_size: int = ...,
+        progress: Any = ...,
     ) -> tuple[int, str, bool]: ...
+
+    def TransferProgress(self) -> _Progress: ...  # noqa: N802 - a class
 
 
 def describe_fd(fd: int) -> str:
@@ -120,6 +127,7 @@ class PythonPump:
         self._pending = memoryview(b"")
         self.bytes = 0
         self.downstream_closed = False
+        self._closed = False
         self.done: asyncio.Future[None] = loop.create_future()
 
     def start(self) -> asyncio.Future[None]:
@@ -195,12 +203,20 @@ class PythonPump:
         self._on_ready()
 
     def _finish(self, exc: BaseException | None) -> None:
-        if self.done.done():
+        """Release both descriptors and the loop's callbacks exactly once.
+
+        Keyed on its own flag, not on ``done``: a waiter that was cancelled
+        cancels that future, and the descriptors must still be closed.
+        """
+        if self._closed:
             return
+        self._closed = True
         self._loop.remove_reader(self._reader)
         self._loop.remove_writer(self._writer)
         close_quietly(self._writer)
         close_quietly(self._reader)
+        if self.done.done():
+            return
         if exc is None:
             self.done.set_result(None)
         else:
@@ -217,72 +233,149 @@ def _poll_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-async def _python_transfer(
-    reader_fd: int, writer_fd: int, buffer_size: int, reason: str | None
-) -> TransferOutcome:
-    pump = PythonPump(asyncio.get_running_loop(), reader_fd, writer_fd, buffer_size)
-    try:
-        await pump.start()
-    except asyncio.CancelledError:
-        pump.abort()
-        raise
-    return TransferOutcome("python", pump.bytes, reason, pump.downstream_closed)
-
-
 def _load_native() -> _NativeModule:
     import cuprumd._native as native  # noqa: PLC0415 - only when rust resolved
 
-    return native
+    native_module: _NativeModule = native
+    return native_module
 
 
-async def _rust_transfer(
-    native: _NativeModule, reader_fd: int, writer_fd: int, buffer_size: int
-) -> TransferOutcome:
-    """Run the native pump on its own thread; the thread closes the fds.
+def _is_unsupported(exc: OSError) -> bool:
+    return exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP)
 
-    The thread, not the awaiting coroutine, closes the descriptors: if the
-    job is abandoned while splice still blocks, closing them here could hand
-    their numbers to a new pipe the thread would then write into. Only an
-    "unsupported" answer (given before a byte moved) leaves them open, for
-    the Python pump to take over.
+
+class Transfer:
+    """One inter-stage transfer, from its first byte to its closed fds.
+
+    ``outcome()`` is true at any moment: the pump that is (or was) moving
+    the bytes and how many it has moved, including after ``abort``.
     """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[tuple[int, str, bool]] = loop.create_future()
 
-    def settle(result: tuple[int, str, bool] | None, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
-            future.set_exception(exc)
+    def __init__(
+        self,
+        backend: StreamBackend,
+        reader_fd: int,
+        writer_fd: int,
+        *,
+        buffer_size: int,
+        log_context: Mapping[str, object] | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reader = reader_fd
+        self._writer = writer_fd
+        self._size = buffer_size
+        self._context = dict(log_context or {})
+        self._python: PythonPump | None = None
+        self._progress: _Progress | None = None
+        self._rust_result: tuple[int, str, bool] | None = None
+        self._fallback: str | None = None
+        self.error: BaseException | None = None
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        if backend is StreamBackend.RUST:
+            self._start_rust()
         else:
-            assert result is not None
-            future.set_result(result)
+            self._start_python(None)
 
-    def work() -> None:
-        result: tuple[int, str, bool] | None = None
-        error: BaseException | None = None
-        try:
-            result = native.rust_pump_transfer(
-                reader_fd, writer_fd, buffer_size=buffer_size
+    # -- pumps -----------------------------------------------------------
+
+    def _start_python(self, reason: str | None) -> None:
+        if reason is not None:
+            self._fallback = reason
+            _log.warning("pump.fallback", reason=reason, **self._context)
+        pump = PythonPump(self._loop, self._reader, self._writer, self._size)
+        self._python = pump
+        pump.start().add_done_callback(self._python_done)
+
+    def _python_done(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled():
+            self._settle(future.exception())
+
+    def _start_rust(self) -> None:
+        reason = rust_unsupported_reason(self._reader, self._writer)
+        if reason is not None:
+            self._start_python(reason)
+            return
+        native = _load_native()
+        progress = native.TransferProgress()
+        self._progress = progress
+        reader, writer, size, loop = self._reader, self._writer, self._size, self._loop
+
+        def work() -> None:
+            """The thread, not the loop, closes the descriptors: if the job
+            is abandoned while splice still blocks, closing them elsewhere
+            could hand their numbers to a new pipe this thread would then
+            write into. Only "unsupported" (said before a byte moved) leaves
+            them open, for the Python pump to take over."""
+            result: tuple[int, str, bool] | None = None
+            error: OSError | None = None
+            try:
+                result = native.rust_pump_transfer(
+                    reader, writer, buffer_size=size, progress=progress
+                )
+            except OSError as exc:
+                error = exc
+            if not (error is not None and _is_unsupported(error)):
+                close_quietly(writer)
+                close_quietly(reader)
+            _call_soon(loop, self._rust_done, result, error)
+
+        threading.Thread(target=work, name=f"rust-pump-{reader}", daemon=True).start()
+
+    def _rust_done(
+        self, result: tuple[int, str, bool] | None, error: OSError | None
+    ) -> None:
+        if error is not None and _is_unsupported(error):
+            if self.done.done():  # aborted meanwhile: nobody takes them over
+                close_quietly(self._writer)
+                close_quietly(self._reader)
+                return
+            self._progress = None
+            self._start_python(f"native pump: {error.strerror}")
+            return
+        self._rust_result = result
+        self._settle(error)
+
+    def _settle(self, error: BaseException | None) -> None:
+        if self.done.done():
+            return
+        self.error = error
+        self.done.set_result(None)
+
+    # -- control -----------------------------------------------------------
+
+    def abort(self) -> None:
+        """Stop now: the job is over. A Python pump closes its descriptors
+        here; a Rust pump's thread closes its own once the kernel lets go
+        of it (every holder of the pipe is gone by then)."""
+        if self._python is not None:
+            self._python.abort()
+        self._settle(None)
+
+    def outcome(self) -> TransferOutcome:
+        """What this transfer has done so far (all of it, once done)."""
+        if self._python is not None:
+            pump = self._python
+            return TransferOutcome(
+                "python", pump.bytes, self._fallback, pump.downstream_closed
             )
-        except BaseException as exc:  # handed to the loop, raised there
-            error = exc
-        if not (isinstance(error, OSError) and _is_unsupported(error)):
-            close_quietly(writer_fd)
-            close_quietly(reader_fd)
-        _call_soon(loop, settle, result, error)
+        if self._rust_result is not None:
+            moved, method, closed = self._rust_result
+            return TransferOutcome(_rust_pump_name(method), moved, None, closed)
+        progress = self._progress
+        if progress is None:
+            return TransferOutcome("rust-splice", 0)
+        return TransferOutcome(_rust_pump_name(progress.method), progress.bytes)
 
-    threading.Thread(target=work, name=f"rust-pump-{reader_fd}", daemon=True).start()
-    moved, method, closed = await asyncio.shield(future)
-    pump: PumpName = "rust-splice" if method == "splice" else "rust-copy"
-    return TransferOutcome(pump, moved, None, closed)
+
+def _rust_pump_name(method: str | None) -> PumpName:
+    return "rust-copy" if method == "copy" else "rust-splice"
 
 
 def _call_soon(
     loop: asyncio.AbstractEventLoop,
-    callback: Callable[[tuple[int, str, bool] | None, BaseException | None], None],
+    callback: Callable[[tuple[int, str, bool] | None, OSError | None], None],
     result: tuple[int, str, bool] | None,
-    error: BaseException | None,
+    error: OSError | None,
 ) -> None:
     try:
         loop.call_soon_threadsafe(callback, result, error)
@@ -290,35 +383,24 @@ def _call_soon(
         pass
 
 
-def _is_unsupported(exc: OSError) -> bool:
-    return exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP)
-
-
-async def run_transfer(
+def start_transfer(
     backend: StreamBackend,
     reader_fd: int,
     writer_fd: int,
     *,
     buffer_size: int,
     log_context: Mapping[str, object] | None = None,
-) -> TransferOutcome:
+) -> Transfer:
     """Move everything from ``reader_fd`` to ``writer_fd`` with the chosen pump.
 
     With ``RUST`` resolved, descriptors the native pump cannot own (or that
     it reports unsupported before moving a byte) fall back to the Python
     pump for this transfer only, and the fallback is logged.
     """
-    if backend is not StreamBackend.RUST:
-        return await _python_transfer(reader_fd, writer_fd, buffer_size, None)
-    reason = rust_unsupported_reason(reader_fd, writer_fd)
-    if reason is None:
-        try:
-            return await _rust_transfer(
-                _load_native(), reader_fd, writer_fd, buffer_size
-            )
-        except OSError as exc:
-            if not _is_unsupported(exc):
-                raise
-            reason = f"native pump: {exc.strerror}"
-    _log.warning("pump.fallback", reason=reason, **(log_context or {}))
-    return await _python_transfer(reader_fd, writer_fd, buffer_size, reason)
+    return Transfer(
+        backend,
+        reader_fd,
+        writer_fd,
+        buffer_size=buffer_size,
+        log_context=log_context,
+    )

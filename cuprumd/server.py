@@ -20,7 +20,15 @@ from typing import Any
 from pydantic import BaseModel
 
 from cuprumd import __version__
-from cuprumd.errors import Forbidden, FrameTooLarge, Internal, ProtocolError
+from cuprumd.containment import Guard
+from cuprumd.engine.environment import denied_env_names
+from cuprumd.errors import (
+    BadRequest,
+    Forbidden,
+    FrameTooLarge,
+    Internal,
+    ProtocolError,
+)
 from cuprumd.jobs import Job, JobRegistry
 from cuprumd.listener import Listener
 from cuprumd.logging import get_logger
@@ -119,8 +127,10 @@ class Server:
         backend: str,
         allowlist: Allowlist,
         registry: JobRegistry,
+        guard: Guard,
     ) -> None:
         self._settings = settings
+        self._guard = guard
         self._backend = backend
         self._allowlist = allowlist
         self._registry = registry
@@ -175,9 +185,15 @@ class Server:
 
     async def _converse(self, conn: Connection) -> None:
         settings = self._settings
-        allowed = is_peer_allowed(
+        refusal = None
+        if not is_peer_allowed(
             conn.peer, settings.allowed_uids, settings.allowed_gids, os.getuid()
-        )
+        ):
+            refusal = (
+                f"uid {conn.peer.uid} / gid {conn.peer.gid} may not use this daemon"
+            )
+        elif self._guard.is_job_process(conn.peer.pid):
+            refusal = "jobs cannot submit jobs"
         while not self._closing:
             try:
                 frame = await conn.next_frame()
@@ -188,8 +204,8 @@ class Server:
             if frame is None:
                 return
             conn.busy = True
-            if not allowed:
-                await self._forbid(conn, frame)
+            if refusal is not None:
+                await self._forbid(conn, frame, refusal)
                 return
             reply = await self._dispatch(conn, frame)
             if reply is None:
@@ -197,15 +213,14 @@ class Server:
             await conn.send(reply)
             conn.busy = False
 
-    async def _forbid(self, conn: Connection, frame: bytes) -> None:
+    async def _forbid(self, conn: Connection, frame: bytes, message: str) -> None:
         try:
             request_id = parse_request(frame, max_stages=1 << 30).id
         except RequestError as exc:
             request_id = exc.request_id
-        _log.warning("peer.forbidden", **conn.peer.as_log())
+        _log.warning("peer.forbidden", reason=message, **conn.peer.as_log())
         self._errors[Forbidden.code] += 1
-        msg = f"uid {conn.peer.uid} / gid {conn.peer.gid} may not use this daemon"
-        await conn.send(error_reply(request_id, Forbidden(msg)))
+        await conn.send(error_reply(request_id, Forbidden(message)))
 
     async def _dispatch(self, conn: Connection, frame: bytes) -> bytes | None:
         """The reply to one frame, or ``None`` when the client left."""
@@ -240,6 +255,7 @@ class Server:
         """Check the allowlist, then take a slot: nothing is spawned for a
         job that would be refused."""
         try:
+            self._check_contained(spec)
             executables = self._allowlist.resolve_all(spec.argv0s)
             return self._registry.admit(spec, executables, conn.peer, detached=detached)
         except ProtocolError as exc:
@@ -251,6 +267,22 @@ class Server:
                 **conn.peer.as_log(),
             )
             raise
+
+    def _check_contained(self, spec: JobSpec) -> None:
+        """Refuse what would let a job step outside its sandbox."""
+        denied = denied_env_names(spec.env, self._settings.job_env_deny)
+        if denied:
+            msg = (
+                f"env {denied[0]!r} may not be set by a job: it matches "
+                "job_env_deny (loader and interpreter hooks run code)"
+            )
+            raise BadRequest(msg)
+        if spec.cwd is not None and not self._guard.policy.allows_cwd(spec.cwd):
+            msg = (
+                f"cwd {spec.cwd!r} is outside the paths the sandbox lets a "
+                "stage read (system paths and readable_paths)"
+            )
+            raise BadRequest(msg)
 
     async def _run(self, conn: Connection, request: RunRequest) -> BaseModel | None:
         job = self._admit(conn, request.job, detached=False)

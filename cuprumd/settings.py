@@ -26,12 +26,15 @@ from pydantic_settings import (
 )
 
 from cuprumd.backend import StreamBackend, parse_stream_backend
+from cuprumd.engine.launch import RLIMIT_RESOURCES
 from cuprumd.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "DEFAULT_ENV_DENY",
     "DEFAULT_PROGRAMS",
     "LoadedSettings",
+    "SandboxMode",
     "Settings",
     "default_socket_path",
     "find_config_path",
@@ -43,14 +46,35 @@ CONFIG_ENV_VAR = "CUPRUM_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/cuprumd/cuprumd.toml")
 SOCKET_NAME = "cuprumd.sock"
 
-#: Text tools that read stdin and write stdout and cannot run other programs
-#: or write files on a client's behalf (no ``env``, ``xargs``, ``find``, ``tee``).
+#: Text tools that neither run other programs nor write files by name, so
+#: the allowlist alone keeps its promise even with ``sandbox = "off"``. Not
+#: here, for that reason: awk and sed (``system()``, ``w``, ``e``), sort
+#: (``-o``, ``--compress-program``), uniq (an OUTPUT operand), tee, env,
+#: xargs, find. An operator may add them; the sandbox then contains them.
 DEFAULT_PROGRAMS: tuple[str, ...] = (
-    "awk", "base64", "cat", "comm", "cut", "echo", "false", "fold", "grep",
-    "head", "md5sum", "nl", "od", "paste", "printf", "rev", "sed", "seq",
-    "sha256sum", "sleep", "sort", "tac", "tail", "tr", "true", "uniq", "wc",
-    "yes",
+    "base64", "cat", "comm", "cut", "echo", "false", "fold", "grep", "head",
+    "md5sum", "nl", "od", "paste", "printf", "rev", "seq", "sha256sum",
+    "sleep", "tac", "tail", "tr", "true", "wc", "yes",
 )  # fmt: skip
+
+#: Environment names a job may not set (``fnmatch`` patterns, matched
+#: case-sensitively): glibc's secure-mode list, which the loader itself
+#: distrusts for setuid programs, plus the start-up hooks of shells and
+#: interpreters. Any of them lets a job's client run its own code inside an
+#: allowlisted program.
+DEFAULT_ENV_DENY: tuple[str, ...] = (
+    "LD_*", "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES",
+    "LOCALDOMAIN", "LOCPATH", "MALLOC_*", "NIS_PATH", "NLSPATH",
+    "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR",
+    "BASH_ENV", "ENV", "BASH_FUNC_*", "IFS", "SHELLOPTS", "BASHOPTS", "PS4",
+    "CDPATH", "GLOBIGNORE", "PYTHON*", "PERL5*", "PERLLIB", "PERL_*",
+    "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "LUA_INIT*", "LUA_PATH*",
+    "LUA_CPATH*", "TCLLIBPATH", "GIT_*", "EDITOR", "VISUAL", "PAGER",
+    "AWKPATH", "AWKLIBPATH",
+)  # fmt: skip
+
+SandboxMode = Literal["strict", "exec", "off"]
 
 GiB = 1 << 30
 
@@ -119,6 +143,15 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: Path | None = None
+    sandbox: SandboxMode = "strict"
+    readable_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    writable_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    job_env_deny: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ENV_DENY)
+    )
+    job_rlimits: dict[str, int] = Field(default_factory=dict)
+    job_memory_max: int | None = Field(default=None, ge=1 << 20)
+    job_pids_max: int | None = Field(default=None, ge=1)
 
     @classmethod
     def settings_customise_sources(
@@ -148,12 +181,53 @@ class Settings(BaseSettings):
                 raise ValueError(msg) from None
         return value
 
-    @field_validator("allowed_uids", "allowed_gids", "programs", mode="before")
+    @field_validator(
+        "allowed_uids",
+        "allowed_gids",
+        "programs",
+        "readable_paths",
+        "writable_paths",
+        "job_env_deny",
+        mode="before",
+    )
     @classmethod
     def _parse_list(cls, value: object) -> object:
         if value == "*":
             return ["*"]
         return _split_list(value)
+
+    @field_validator("readable_paths", "writable_paths")
+    @classmethod
+    def _absolute(cls, paths: list[Path]) -> list[Path]:
+        for path in paths:
+            if not path.is_absolute():
+                msg = f"expected absolute paths, got {str(path)!r}"
+                raise ValueError(msg)
+        return paths
+
+    @field_validator("job_rlimits", mode="before")
+    @classmethod
+    def _parse_rlimits(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                msg = f"not a JSON object: {exc}"
+                raise ValueError(msg) from None
+        return value
+
+    @field_validator("job_rlimits")
+    @classmethod
+    def _check_rlimits(cls, limits: dict[str, int]) -> dict[str, int]:
+        for name, limit in limits.items():
+            if name not in RLIMIT_RESOURCES:
+                accepted = ", ".join(RLIMIT_RESOURCES)
+                msg = f"unknown rlimit {name!r}; accepted: {accepted}"
+                raise ValueError(msg)
+            if limit < 0:
+                msg = f"rlimit {name} must be >= 0, got {limit}"
+                raise ValueError(msg)
+        return limits
 
     @property
     def any_program(self) -> bool:

@@ -45,6 +45,26 @@ ACTIVATE = (
     "os.environ['LISTEN_FDS'] = '1'\n"
 )
 STARTUP_TIMEOUT = 15.0
+#: ``make test`` runs the integration tests a second time with this set to
+#: an unprivileged uid: every daemon then runs as that user (the deployed
+#: case: no cgroup subtree, the per-user pipe budget), started via setpriv.
+DAEMON_USER = os.environ.get("CUPRUM_TEST_DAEMON_USER", "")
+
+
+def daemon_uid() -> int:
+    """The uid the tests' daemons run as."""
+    return int(DAEMON_USER) if DAEMON_USER else os.getuid()
+
+
+def as_daemon_user(argv: list[str]) -> list[str]:
+    """Prefix ``argv`` so it runs as the daemon user (no-op for ourselves)."""
+    uid = daemon_uid()
+    if uid == os.getuid():
+        return argv
+    return [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "--inh-caps=-all", *argv,
+    ]  # fmt: skip
 
 
 def toml_value(value: Any) -> str:
@@ -56,6 +76,8 @@ def toml_value(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
@@ -271,7 +293,7 @@ def start_daemon(
     config_path = write_config(workdir / "cuprumd.toml", config)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(workdir / "notify"))
-    if shared:
+    if shared or daemon_uid() != os.getuid():
         (workdir / "notify").chmod(0o777)  # a daemon that drops root can notify
     extra = {"NOTIFY_SOCKET": str(workdir / "notify"), **(env or {})}
     pass_fds: tuple[int, ...] = ()
@@ -279,9 +301,15 @@ def start_daemon(
         extra["TEST_LISTEN_FD"] = str(pass_fd)
         pass_fds = (pass_fd,)
     log_path = workdir / "daemon.log"
+    log_path.touch()
+    if daemon_uid() != os.getuid():
+        for path in (workdir, config_path, log_path):
+            os.chown(path, daemon_uid(), daemon_uid())
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [PYTHON, "-c", prelude + BOOT, "serve", "--config", str(config_path)],
+            as_daemon_user(
+                [PYTHON, "-c", prelude + BOOT, "serve", "--config", str(config_path)]
+            ),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

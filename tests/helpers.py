@@ -13,7 +13,7 @@ from typing import Any
 from cuprumd.backend import StreamBackend
 from cuprumd.models import JobResult, JobSpec
 from cuprumd.pipeline import RunOptions, execute, run_pipeline
-from cuprumd.spawn import Plumbing
+from cuprumd.engine.plumbing import Plumbing
 
 
 def job(*stages: list[str], **fields: Any) -> JobSpec:

@@ -6,7 +6,7 @@ Feature: Daemon start-up and shutdown
   Scenario: The backend pinned in the config file is reported by every answer
     Given a daemon configured with stream_backend "python"
     When a client pings the daemon
-    And a client runs "printf b\na\n | sort"
+    And a client runs "printf b\na\n | tac"
     Then the ping reports stream backend "python"
     And the job result reports stream backend "python" with output "a\nb\n"
 

@@ -67,7 +67,7 @@ def test_requests_on_one_connection_are_answered_in_order(
 
 def test_run(daemon: Daemon, stream_backend: StreamBackend) -> None:
     reply = daemon.request(
-        {"op": "run", "id": 7, "job": job(["printf", "b\\na\\n"], ["sort"])}
+        {"op": "run", "id": 7, "job": job(["printf", "b\\na\\n"], ["tac"])}
     )
     assert reply["id"] == 7
     result = reply["result"]

@@ -13,7 +13,7 @@ import pytest
 from cuprumd.backend import StreamBackend
 from cuprumd.models import JobState
 from cuprumd.pipeline import RunOptions, execute
-from cuprumd.spawn import raise_fd_limit
+from cuprumd.engine.limits import raise_fd_limit
 from tests.helpers import (
     child_pids,
     job,

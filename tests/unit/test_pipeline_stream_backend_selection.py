@@ -20,6 +20,13 @@ from cuprumd.pump import rust_unsupported_reason
 from tests.helpers import SocketPlumbing, job
 
 
+class IdleProgress:
+    """A native progress record that never moved a byte."""
+
+    bytes = 0
+    method = None
+
+
 @pytest.fixture
 def socket_links(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "open_plumbing", SocketPlumbing)
@@ -41,9 +48,14 @@ def test_settings_choose_the_backend_when_given(
 ) -> None:
     from cuprumd.settings import Settings
 
+    # The environment asks for rust, which is missing: only if the settings
+    # are honoured (they outrank the environment) does the job run at all.
     monkeypatch.setattr(backend, "_probe_native", lambda: False)
+    monkeypatch.setenv("CUPRUM_STREAM_BACKEND", "rust")
     result = run_pipeline(job(["true"]), Settings(stream_backend="python"))
     assert result.stream_backend == "python"
+    with pytest.raises(ImportError, match="CUPRUM_STREAM_BACKEND"):
+        run_pipeline(job(["true"]), Settings(stream_backend="rust"))
 
 
 def test_forced_rust_unavailable_raises_at_execution(
@@ -82,6 +94,7 @@ def test_native_reporting_unsupported_falls_back_without_losing_bytes(
 ) -> None:
     class RefusingNative:
         calls = 0
+        TransferProgress = IdleProgress
 
         def rust_pump_transfer(
             self, *args: Any, **kwargs: Any
@@ -139,6 +152,8 @@ def test_pump_io_error_makes_the_job_an_error_not_a_short_success(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class FailingNative:
+        TransferProgress = IdleProgress
+
         def rust_pump_transfer(
             self, *args: Any, **kwargs: Any
         ) -> tuple[int, str, bool]:

@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 
 from cuprumd.client import AsyncClient, ClientError, DaemonUnavailable
+from cuprumd.containment import Guard
+from cuprumd.engine.launch import Containment, launch_python
+from cuprumd.engine.sandbox import build_policy
 from cuprumd.errors import Busy, Internal, NotFound, ProgramNotAllowed, WaitTimeout
 from cuprumd.jobs import Job, JobRegistry, Limits, unstarted_result
 from cuprumd.listener import open_listener
@@ -44,7 +47,10 @@ def serve(body: Callable[[Server, Path], Awaitable[Any]], **settings: Any) -> An
             daemon_uid=0,
         )
         allowlist = build_allowlist(["cat", "sleep"], PATHS.get, lambda _p: False)
-        server = Server(config, "python", allowlist, registry)
+        guard = Guard(
+            build_policy("off", []), None, None, "python", launch_python, Containment()
+        )
+        server = Server(config, "python", allowlist, registry, guard)
         listener = open_listener(path, 0o600, None)
         await server.start(listener)
         try:

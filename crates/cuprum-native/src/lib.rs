@@ -2,11 +2,15 @@
 //!
 //! This is only the Python face of the `cuprum-pump` crate: it converts
 //! arguments, results and errors, and releases the GIL while bytes move.
-//! All behaviour lives (and is tested) in `cuprum-pump`.
+//! All behaviour lives (and is tested) in `cuprum-pump`. It exports exactly
+//! what the `cuprumd` package calls.
+
+mod spawn;
 
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::Arc;
 
-use cuprum_pump::{PumpError, Transfer, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE};
+use cuprum_pump::{Progress, PumpError, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
@@ -14,76 +18,77 @@ use pyo3::types::PyInt;
 #[pymodule]
 mod _native {
     #[pymodule_export]
-    use super::{is_available, rust_consume_stream, rust_pump_stream, rust_pump_transfer};
+    use super::{is_available, rust_pump_transfer, spawn::spawn_stage, TransferProgress};
 }
 
 /// Move bytes from reader_fd to writer_fd until EOF or until the consumer
-/// closes its end; return the number of bytes written. The descriptors are
-/// not closed. The GIL is released for the whole transfer.
+/// closes its end; return (bytes, method, downstream_closed) where method is
+/// "splice" or "copy". The descriptors are not closed. The GIL is released
+/// for the whole transfer. A TransferProgress given as progress is updated
+/// as bytes move, so other threads can see how far the transfer got.
 #[pyfunction]
 #[pyo3(
-    signature = (reader_fd, writer_fd, *, buffer_size = BufferSize::DEFAULT),
-    text_signature = "(reader_fd, writer_fd, *, buffer_size=65536)"
-)]
-fn rust_pump_stream(
-    py: Python<'_>,
-    reader_fd: RawFd,
-    writer_fd: RawFd,
-    buffer_size: BufferSize,
-) -> PyResult<u64> {
-    transfer(py, reader_fd, writer_fd, buffer_size).map(|done| done.bytes)
-}
-
-/// Like rust_pump_stream, returning (bytes, method, downstream_closed) where
-/// method is "splice" or "copy".
-#[pyfunction]
-#[pyo3(
-    signature = (reader_fd, writer_fd, *, buffer_size = BufferSize::DEFAULT),
-    text_signature = "(reader_fd, writer_fd, *, buffer_size=65536)"
+    signature = (reader_fd, writer_fd, *, buffer_size = BufferSize::DEFAULT, progress = None),
+    text_signature = "(reader_fd, writer_fd, *, buffer_size=65536, progress=None)"
 )]
 fn rust_pump_transfer(
     py: Python<'_>,
     reader_fd: RawFd,
     writer_fd: RawFd,
     buffer_size: BufferSize,
+    progress: Option<&Bound<'_, TransferProgress>>,
 ) -> PyResult<(u64, &'static str, bool)> {
-    let done = transfer(py, reader_fd, writer_fd, buffer_size)?;
+    let reader = LentFd::new(reader_fd, "reader_fd")?;
+    let writer = LentFd::new(writer_fd, "writer_fd")?;
+    // Without a caller's record the pump still needs one; nobody reads it.
+    let progress = progress.map_or_else(|| Arc::new(Progress::new()), |p| Arc::clone(&p.get().0));
+    let done = py
+        .detach(|| cuprum_pump::pump(reader.borrow(), writer.borrow(), buffer_size.0, &progress))
+        .map_err(into_py_err)?;
     Ok((done.bytes, done.method.as_str(), done.downstream_closed))
 }
 
-/// Read reader_fd to EOF and return its text, invalid UTF-8 replaced with
-/// U+FFFD. The descriptor is not closed. The GIL is released while reading.
-#[pyfunction]
-#[pyo3(
-    signature = (reader_fd, *, buffer_size = BufferSize::DEFAULT),
-    text_signature = "(reader_fd, *, buffer_size=65536)"
-)]
-fn rust_consume_stream(
-    py: Python<'_>,
-    reader_fd: RawFd,
-    buffer_size: BufferSize,
-) -> PyResult<String> {
-    let reader = LentFd::new(reader_fd, "reader_fd")?;
-    py.detach(|| cuprum_pump::consume(reader.borrow(), buffer_size.0))
-        .map_err(into_py_err)
+/// The live counters of one rust_pump_transfer call: bytes the writer has
+/// accepted so far, and the method once the pump has chosen it (None
+/// before). Readable from any thread while the transfer runs, and after it
+/// was abandoned. Use a fresh one per transfer: counts add up.
+#[pyclass(frozen, module = "cuprumd._native")]
+struct TransferProgress(Arc<Progress>);
+
+#[pymethods]
+impl TransferProgress {
+    #[new]
+    fn new() -> Self {
+        Self(Arc::new(Progress::new()))
+    }
+
+    /// Bytes accepted by the writer so far.
+    #[getter]
+    fn bytes(&self) -> u64 {
+        self.0.bytes()
+    }
+
+    /// "splice" or "copy", or None while the pump has not chosen yet.
+    #[getter]
+    fn method(&self) -> Option<&'static str> {
+        self.0.method().map(|method| method.as_str())
+    }
+
+    fn __repr__(&self) -> String {
+        let bytes = self.0.bytes();
+        match self.0.method() {
+            Some(method) => format!("TransferProgress(bytes={bytes}, method='{method}')"),
+            None => format!("TransferProgress(bytes={bytes}, method=None)"),
+        }
+    }
 }
 
-/// Always True: importing this module is the real availability check.
+/// Whether splice(2) moves bytes between pipes in this process: probed once
+/// (a byte spliced from one pipe into another and read back) and cached.
+/// The pump works either way; without splice it copies through a buffer.
 #[pyfunction]
 fn is_available() -> bool {
-    true
-}
-
-fn transfer(
-    py: Python<'_>,
-    reader_fd: RawFd,
-    writer_fd: RawFd,
-    buffer_size: BufferSize,
-) -> PyResult<Transfer> {
-    let reader = LentFd::new(reader_fd, "reader_fd")?;
-    let writer = LentFd::new(writer_fd, "writer_fd")?;
-    py.detach(|| cuprum_pump::pump(reader.borrow(), writer.borrow(), buffer_size.0))
-        .map_err(into_py_err)
+    cuprum_pump::splice_works()
 }
 
 /// The single mapping from pump errors to Python exceptions. OSError is

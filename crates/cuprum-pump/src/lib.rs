@@ -10,17 +10,17 @@
 //! because closing the upstream reader is how a producer learns (via
 //! `SIGPIPE`) that its consumer is gone.
 
-mod consume;
 mod endpoint;
 mod error;
+mod probe;
+mod progress;
 mod pump;
 mod sys;
-mod utf8;
 
-pub use consume::consume;
 pub use error::PumpError;
+pub use probe::splice_works;
+pub use progress::Progress;
 pub use pump::{pump, Method, Transfer};
-pub use utf8::Utf8Decoder;
 
 /// The buffer size the Python side uses unless told otherwise: the default
 /// pipe capacity on Linux, so one call moves at most one full pipe.

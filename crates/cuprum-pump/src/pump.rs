@@ -4,7 +4,7 @@ use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use crate::endpoint::{self, Kind, Role};
-use crate::{check_buffer_size, sys, PumpError};
+use crate::{check_buffer_size, sys, Progress, PumpError};
 
 /// How the bytes travelled; reported so operators can see whether the
 /// zero-copy path is actually in use.
@@ -46,17 +46,23 @@ pub struct Transfer {
 
 /// Move everything from `reader` to `writer` until EOF or until the consumer
 /// goes away. Blocks; neither descriptor is closed.
+///
+/// `progress` is updated after every chunk the writer accepts, so other
+/// threads can see how far the transfer got even if it never returns. When
+/// the transfer succeeds it ends up agreeing with the returned [`Transfer`]
+/// (given a fresh record); after an error it holds what moved before it.
 pub fn pump(
     reader: BorrowedFd<'_>,
     writer: BorrowedFd<'_>,
     buffer_size: usize,
+    progress: &Progress,
 ) -> Result<Transfer, PumpError> {
     check_buffer_size(buffer_size)?;
     endpoint::check(reader, Role::Reader)?;
     let writer_kind = endpoint::check(writer, Role::Writer)?;
-    match splice_all(reader, writer, writer_kind, buffer_size)? {
+    match splice_all(reader, writer, writer_kind, buffer_size, progress)? {
         Some(done) => Ok(done),
-        None => copy_all(reader, writer, writer_kind, buffer_size),
+        None => copy_all(reader, writer, writer_kind, buffer_size, progress),
     }
 }
 
@@ -67,13 +73,18 @@ fn splice_all(
     writer: BorrowedFd<'_>,
     writer_kind: Kind,
     len: usize,
+    progress: &Progress,
 ) -> Result<Option<Transfer>, PumpError> {
     let mut bytes = 0u64;
     let mut pacer = Pacer::new(sys::pipe_capacity(reader), len);
     loop {
         match sys::splice(reader, writer, len) {
-            Ok(0) => return Ok(Some(finished(bytes, Method::Splice, false))),
+            Ok(0) => return Ok(Some(finished(progress, bytes, Method::Splice, false))),
             Ok(moved) => {
+                if bytes == 0 {
+                    progress.set_method(Method::Splice);
+                }
+                progress.add(moved);
                 bytes += moved as u64;
                 if let Some(pause) = pacer.after(moved) {
                     std::thread::sleep(pause);
@@ -81,7 +92,7 @@ fn splice_all(
             }
             Err(err) if bytes == 0 && splice_refused(&err) => return Ok(None),
             Err(err) if consumer_gone(&err, writer_kind) => {
-                return Ok(Some(finished(bytes, Method::Splice, true)))
+                return Ok(Some(finished(progress, bytes, Method::Splice, true)))
             }
             Err(err) => return Err(PumpError::io("splice", err)),
         }
@@ -138,13 +149,16 @@ fn copy_all(
     writer: BorrowedFd<'_>,
     writer_kind: Kind,
     buffer_size: usize,
+    progress: &Progress,
 ) -> Result<Transfer, PumpError> {
+    // Splice refused the pair: the decision is made before any byte moves.
+    progress.set_method(Method::Copy);
     let mut buf = vec![0u8; buffer_size];
     let mut bytes = 0u64;
     loop {
         let filled = sys::read(reader, &mut buf).map_err(|e| PumpError::io("read", e))?;
         if filled == 0 {
-            return Ok(finished(bytes, Method::Copy, false));
+            return Ok(finished(progress, bytes, Method::Copy, false));
         }
         let mut rest = &buf[..filled];
         while !rest.is_empty() {
@@ -158,11 +172,12 @@ fn copy_all(
                     ))
                 }
                 Ok(written) => {
+                    progress.add(written);
                     bytes += written as u64;
                     rest = &rest[written..];
                 }
                 Err(err) if consumer_gone(&err, writer_kind) => {
-                    return Ok(finished(bytes, Method::Copy, true))
+                    return Ok(finished(progress, bytes, Method::Copy, true))
                 }
                 Err(err) => return Err(PumpError::io("write", err)),
             }
@@ -170,7 +185,10 @@ fn copy_all(
     }
 }
 
-fn finished(bytes: u64, method: Method, downstream_closed: bool) -> Transfer {
+/// Also records the method in `progress`, for transfers that end before a
+/// single byte was counted (empty input, consumer gone at once).
+fn finished(progress: &Progress, bytes: u64, method: Method, downstream_closed: bool) -> Transfer {
+    progress.set_method(method);
     Transfer {
         bytes,
         method,

@@ -5,7 +5,7 @@
 //! ready, which keeps the pump a plain blocking call without busy-looping.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr;
 
 const SPLICE_FLAGS: libc::c_uint = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
@@ -48,6 +48,40 @@ pub(crate) fn splice(
         },
         || wait_for_both(reader, writer),
     )
+}
+
+/// One non-blocking splice(2) of at most `len` bytes, never waited for or
+/// retried except after EINTR.
+pub(crate) fn splice_nonblocking(
+    reader: BorrowedFd<'_>,
+    writer: BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    retry(
+        // SAFETY: as in `splice`.
+        || unsafe {
+            libc::splice(
+                reader.as_raw_fd(),
+                ptr::null_mut(),
+                writer.as_raw_fd(),
+                ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        },
+        || Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+    )
+}
+
+/// A new non-blocking, close-on-exec pipe as `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The capacity of the pipe behind `fd`, or `None` when it is not a pipe.

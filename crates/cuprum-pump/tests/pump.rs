@@ -3,11 +3,14 @@ mod common;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cuprum_pump::{pump, Method, PumpError, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE};
+use cuprum_pump::{
+    pump, Method, Progress, PumpError, Transfer, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -85,10 +88,15 @@ fn regular_file_to_pipe_splices_and_append_target_copies() {
     let (in_r, in_w) = pipe();
     let feeder = feed(in_w, data.clone());
     let mut target = temp_file(b"head:", OpenOptions::new().read(true).append(true));
-    let transfer = pump(in_r.as_fd(), target.as_fd(), 65536).unwrap();
+    let progress = Progress::new();
+    let transfer = pump(in_r.as_fd(), target.as_fd(), 65536, &progress).unwrap();
     feeder.join().unwrap();
     assert_eq!(transfer.method, Method::Copy);
     assert_eq!(transfer.bytes, data.len() as u64);
+    assert_eq!(
+        (progress.bytes(), progress.method()),
+        (transfer.bytes, Some(Method::Copy))
+    );
     let mut written = Vec::new();
     target.rewind().unwrap();
     target.read_to_end(&mut written).unwrap();
@@ -260,7 +268,7 @@ fn nonblocking_sockets_in_copy_mode() {
 fn buffer_size_is_validated_first() {
     let (in_r, out_w) = (pipe().0, pipe().1);
     for size in [0, MAX_BUFFER_SIZE + 1] {
-        let err = pump(in_r.as_fd(), out_w.as_fd(), size).unwrap_err();
+        let err = pump(in_r.as_fd(), out_w.as_fd(), size, &Progress::new()).unwrap_err();
         assert!(
             matches!(err, PumpError::InvalidBufferSize(s) if s == size),
             "{err:?}"
@@ -269,7 +277,7 @@ fn buffer_size_is_validated_first() {
     }
     // Even before the descriptors are looked at.
     let dir = File::open(std::env::temp_dir()).unwrap();
-    let err = pump(dir.as_fd(), dir.as_fd(), 0).unwrap_err();
+    let err = pump(dir.as_fd(), dir.as_fd(), 0, &Progress::new()).unwrap_err();
     assert!(matches!(err, PumpError::InvalidBufferSize(0)));
 }
 
@@ -278,7 +286,13 @@ fn largest_buffer_size_is_accepted() {
     let (in_r, in_w) = pipe();
     let (_out_r, out_w) = pipe();
     drop(in_w);
-    let transfer = pump(in_r.as_fd(), out_w.as_fd(), MAX_BUFFER_SIZE).unwrap();
+    let transfer = pump(
+        in_r.as_fd(),
+        out_w.as_fd(),
+        MAX_BUFFER_SIZE,
+        &Progress::new(),
+    )
+    .unwrap();
     assert_eq!(transfer.bytes, 0);
 }
 
@@ -294,7 +308,8 @@ fn unsupported_reason(err: PumpError) -> String {
 fn directories_and_anonymous_inodes_are_unsupported() {
     let dir = File::open(std::env::temp_dir()).unwrap();
     let (_out_r, out_w) = pipe();
-    let reason = unsupported_reason(pump(dir.as_fd(), out_w.as_fd(), 4096).unwrap_err());
+    let reason =
+        unsupported_reason(pump(dir.as_fd(), out_w.as_fd(), 4096, &Progress::new()).unwrap_err());
     assert!(
         reason.starts_with("reader fd ") && reason.ends_with(" is a directory"),
         "{reason}"
@@ -306,7 +321,8 @@ fn directories_and_anonymous_inodes_are_unsupported() {
     // SAFETY: as above.
     let event = unsafe { OwnedFd::from_raw_fd(event) };
     let (in_r, _in_w) = pipe();
-    let reason = unsupported_reason(pump(in_r.as_fd(), event.as_fd(), 4096).unwrap_err());
+    let reason =
+        unsupported_reason(pump(in_r.as_fd(), event.as_fd(), 4096, &Progress::new()).unwrap_err());
     assert!(
         reason.contains("writer fd") && reason.contains("anonymous inode"),
         "{reason}"
@@ -321,10 +337,15 @@ fn wrong_direction_is_unsupported_and_moves_nothing() {
         .write_all(b"kept")
         .unwrap();
 
-    let reason = unsupported_reason(pump(out_w.as_fd(), in_w.as_fd(), 4096).unwrap_err());
+    let reason =
+        unsupported_reason(pump(out_w.as_fd(), in_w.as_fd(), 4096, &Progress::new()).unwrap_err());
     assert!(reason.contains("reader fd") && reason.ends_with("is not open for reading"));
-    let reason = unsupported_reason(pump(in_r.as_fd(), out_r.as_fd(), 4096).unwrap_err());
+    let progress = Progress::new();
+    let reason =
+        unsupported_reason(pump(in_r.as_fd(), out_r.as_fd(), 4096, &progress).unwrap_err());
     assert!(reason.contains("writer fd") && reason.ends_with("is not open for writing"));
+    // Refused before deciding anything: no method, no bytes.
+    assert_eq!((progress.bytes(), progress.method()), (0, None));
 
     drop(in_w);
     let mut left = Vec::new();
@@ -341,7 +362,9 @@ fn path_only_descriptors_are_unsupported() {
         .open("/dev/null")
         .unwrap();
     let (_out_r, out_w) = pipe();
-    let reason = unsupported_reason(pump(path_only.as_fd(), out_w.as_fd(), 4096).unwrap_err());
+    let reason = unsupported_reason(
+        pump(path_only.as_fd(), out_w.as_fd(), 4096, &Progress::new()).unwrap_err(),
+    );
     assert!(reason.contains("O_PATH"), "{reason}");
 }
 
@@ -356,11 +379,94 @@ fn closed_descriptor_is_an_io_error_with_its_errno() {
         (closed, in_r.as_fd(), "reader"),
         (in_r.as_fd(), closed, "writer"),
     ] {
-        let err = pump(reader, writer, 4096).unwrap_err();
+        let err = pump(reader, writer, 4096, &Progress::new()).unwrap_err();
         assert_eq!(err.errno(), Some(libc::EBADF));
         assert!(
             matches!(&err, PumpError::Io { op, .. } if op.contains(side)),
             "{err:?}"
         );
     }
+}
+
+/// Polls `progress` until it reports `bytes`, failing after a few seconds.
+fn wait_for_bytes(progress: &Progress, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while progress.bytes() < bytes {
+        assert!(Instant::now() < deadline, "stuck at {}", progress.bytes());
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(progress.bytes(), bytes);
+}
+
+/// Runs a pump that will block after the bytes written so far, sharing its
+/// progress record with the test.
+fn pump_in_background(
+    reader: OwnedFd,
+    writer: OwnedFd,
+) -> (
+    Arc<Progress>,
+    thread::JoinHandle<Result<Transfer, PumpError>>,
+) {
+    let progress = Arc::new(Progress::new());
+    let shared = Arc::clone(&progress);
+    let handle = thread::spawn(move || pump(reader.as_fd(), writer.as_fd(), 65536, &shared));
+    (progress, handle)
+}
+
+#[test]
+fn progress_is_visible_while_a_splice_transfer_blocks() {
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let (progress, pumping) = pump_in_background(in_r, out_w);
+    assert_eq!((progress.bytes(), progress.method()), (0, None));
+
+    let mut producer = File::from(in_w);
+    producer.write_all(&[b'a'; 1000]).unwrap();
+    wait_for_bytes(&progress, 1000);
+    assert_eq!(progress.method(), Some(Method::Splice));
+    producer.write_all(&[b'b'; 234]).unwrap();
+    wait_for_bytes(&progress, 1234);
+    assert!(!pumping.is_finished(), "the pump waits for more input");
+
+    drop(producer);
+    let transfer = pumping.join().unwrap().unwrap();
+    assert_eq!(transfer.bytes, 1234);
+    assert_eq!(progress.bytes(), 1234);
+    let mut received = Vec::new();
+    File::from(out_r).read_to_end(&mut received).unwrap();
+    assert_eq!(received.len(), 1234);
+}
+
+#[test]
+fn progress_is_visible_while_a_copy_transfer_blocks() {
+    let (src, in_r) = socket_pair();
+    let (out_w, dst) = socket_pair();
+    let (progress, pumping) = pump_in_background(in_r, out_w);
+
+    let mut producer = File::from(src);
+    producer.write_all(&[b'c'; 777]).unwrap();
+    wait_for_bytes(&progress, 777);
+    assert_eq!(progress.method(), Some(Method::Copy));
+
+    drop(producer);
+    let transfer = pumping.join().unwrap().unwrap();
+    assert_eq!((transfer.bytes, transfer.method), (777, Method::Copy));
+    drop(dst);
+}
+
+#[test]
+fn progress_keeps_what_moved_before_the_consumer_left() {
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let (progress, pumping) = pump_in_background(in_r, out_w);
+    let mut producer = File::from(in_w);
+    producer.write_all(&[b'd'; 4096]).unwrap();
+    wait_for_bytes(&progress, 4096);
+
+    drop(out_r);
+    producer.write_all(b"more").unwrap();
+    let transfer = pumping.join().unwrap().unwrap();
+    assert!(transfer.downstream_closed);
+    assert_eq!((transfer.bytes, progress.bytes()), (4096, 4096));
+    assert_eq!(progress.method(), Some(Method::Splice));
 }

@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use cuprum_pump::{pump, PumpError, Transfer};
+use cuprum_pump::{pump, Method, Progress, PumpError, Transfer};
 
 /// `(read end, write end)`.
 pub fn pipe() -> (OwnedFd, OwnedFd) {
@@ -85,8 +85,24 @@ pub fn drain(fd: OwnedFd) -> JoinHandle<Vec<u8>> {
     })
 }
 
+/// What a progress record said once the pump had returned.
+type Seen = (u64, Option<Method>);
+
+/// Every finished transfer must leave its progress record saying what the
+/// result says: same bytes, same method.
+fn check_progress(outcome: &Result<Transfer, PumpError>, seen: Seen) {
+    if let Ok(done) = outcome {
+        assert_eq!(
+            seen,
+            (done.bytes, Some(done.method)),
+            "progress vs {done:?}"
+        );
+    }
+}
+
 /// Runs the pump on its own thread, closing both ends when it returns (as
-/// the daemon does), and fails the test if it hangs.
+/// the daemon does), and fails the test if it hangs. Also checks that the
+/// progress record agrees with the result.
 pub fn pump_closing(
     reader: impl AsFd + Send + 'static,
     writer: impl AsFd + Send + 'static,
@@ -94,13 +110,16 @@ pub fn pump_closing(
 ) -> Result<Transfer, PumpError> {
     let (done, result) = mpsc::channel();
     thread::spawn(move || {
-        let outcome = pump(reader.as_fd(), writer.as_fd(), buffer_size);
+        let progress = Progress::new();
+        let outcome = pump(reader.as_fd(), writer.as_fd(), buffer_size, &progress);
         drop((reader, writer));
-        let _ = done.send(outcome);
+        let _ = done.send((outcome, (progress.bytes(), progress.method())));
     });
-    result
+    let (outcome, seen) = result
         .recv_timeout(Duration::from_secs(20))
-        .expect("pump did not finish in time")
+        .expect("pump did not finish in time");
+    check_progress(&outcome, seen);
+    outcome
 }
 
 /// Same as [`pump_closing`], also returning the CPU time the pumping thread
@@ -112,14 +131,17 @@ pub fn pump_closing_timed(
 ) -> (Result<Transfer, PumpError>, Duration) {
     let (done, result) = mpsc::channel();
     thread::spawn(move || {
-        let outcome = pump(reader.as_fd(), writer.as_fd(), buffer_size);
+        let progress = Progress::new();
+        let outcome = pump(reader.as_fd(), writer.as_fd(), buffer_size, &progress);
         let cpu = thread_cpu_time();
         drop((reader, writer));
-        let _ = done.send((outcome, cpu));
+        let _ = done.send((outcome, cpu, (progress.bytes(), progress.method())));
     });
-    result
+    let (outcome, cpu, seen) = result
         .recv_timeout(Duration::from_secs(20))
-        .expect("pump did not finish in time")
+        .expect("pump did not finish in time");
+    check_progress(&outcome, seen);
+    (outcome, cpu)
 }
 
 fn thread_cpu_time() -> Duration {

@@ -1,4 +1,4 @@
-"""Pipes and processes for one job: who holds which descriptor, and when.
+"""The pipes of one job: who holds which descriptor, and when.
 
 The runner makes every pipe itself (``O_CLOEXEC``, so no child inherits
 another job's descriptors) and hands each child exactly its stdin, stdout
@@ -12,39 +12,14 @@ import errno
 import fcntl
 import functools
 import os
-import resource
-import subprocess
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from cuprumd.fdio import close_quietly
 
-__all__ = [
-    "BASE_ENV",
-    "Plumbing",
-    "SpawnError",
-    "child_env",
-    "open_plumbing",
-    "raise_fd_limit",
-    "spawn_stage",
-]
-
-#: The whole environment a stage starts from; the job's ``env`` overlays it.
-#: Nothing of the daemon's own environment (NOTIFY_SOCKET, LISTEN_*,
-#: CUPRUM_*, credentials) can leak into a job.
-BASE_ENV: Mapping[str, str] = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
-    "LANG": "C.UTF-8",
-}
-
+__all__ = ["Plumbing", "SpawnError", "errno_name", "open_plumbing"]
 
 class SpawnError(Exception):
     """A stage could not be started; the message names it and the errno."""
-
-
-def child_env(overlay: Mapping[str, str]) -> dict[str, str]:
-    """Build a stage's environment from the base and the job's overlay."""
-    return {**BASE_ENV, **overlay}
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,8 +42,9 @@ def _grow(fd: int, size: int) -> None:
         pass
 
 
-def _errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+def errno_name(number: int | None) -> str:
+    """``EACCES`` for 13: messages name the errno as the man pages do."""
+    return errno.errorcode.get(number or 0, str(number))
 
 
 class Plumbing:
@@ -93,7 +69,7 @@ class Plumbing:
             self.err = [self._pipe() for _ in range(stages)]
         except OSError as exc:
             self.close_all()
-            msg = f"cannot create pipes: {exc.strerror} ({_errno_name(exc)})"
+            msg = f"cannot create pipes: {exc.strerror} ({errno_name(exc.errno)})"
             raise SpawnError(msg) from exc
 
     def _pipe(self, size: int = 0) -> tuple[int, int]:
@@ -147,56 +123,3 @@ class Plumbing:
 def open_plumbing(stages: int, *, with_stdin: bool, pipe_size: int) -> Plumbing:
     """Create all pipes of a job at once, or none (``SpawnError``)."""
     return Plumbing(stages, with_stdin=with_stdin, pipe_size=pipe_size)
-
-
-def spawn_stage(
-    argv: Sequence[str],
-    executable: str | None,
-    fds: tuple[int, int, int],
-    env: Mapping[str, str],
-    cwd: str | None,
-    *,
-    process_group: int,
-) -> subprocess.Popen[bytes]:
-    """Start one stage: no shell, default SIGPIPE, only its three fds.
-
-    Raises
-    ------
-    SpawnError
-        Naming the program (or the working directory) and the errno.
-    """
-    stdin, stdout, stderr = fds
-    try:
-        return subprocess.Popen(
-            list(argv),
-            executable=executable,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            env=dict(env),
-            cwd=cwd,
-            close_fds=True,
-            restore_signals=True,
-            process_group=process_group,
-        )
-    except OSError as exc:
-        name = _errno_name(exc)
-        if cwd is not None and exc.filename == cwd:
-            msg = f"cannot change directory to {cwd!r}: {exc.strerror} ({name})"
-        else:
-            msg = f"cannot execute {argv[0]!r}: {exc.strerror} ({name})"
-        raise SpawnError(msg) from exc
-
-
-def raise_fd_limit(ceiling: int = 1 << 16) -> int:
-    """Lift the soft descriptor limit towards the hard one; return the new one.
-
-    Each running job holds about six descriptors per stage, so the common
-    soft limit of 1024 would cap a daemon at a few dozen pipelines.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(ceiling, hard) if hard != resource.RLIM_INFINITY else ceiling
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft

@@ -1,0 +1,567 @@
+"""Per-job cgroup v2: one cgroup per job, killed whole when the job ends.
+
+A process group cannot hold a stage that calls ``setsid``; a cgroup can,
+and ``cgroup.kill`` ends everything in it at once, so no descendant of a
+job outlives it. This needs a cgroup v2 subtree the daemon may write to
+(systemd's ``Delegate=yes``, or root). Without one the caller falls back to
+process groups, and says so.
+
+Layout, under the daemon's own cgroup::
+
+    <own>/cuprumd-<tag>/<job_id>   one per running job
+    <own>/cuprumd-<tag>.daemon     the daemon itself, only when it had to
+                                   leave <own> to enable memory/pids limits
+
+Parsing and the decisions are pure functions; the classes do the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cuprumd.logging import get_logger
+
+__all__ = ["JobCgroup", "JobCgroups", "find_cgroup2_mount", "own_cgroup_path"]
+
+_log = get_logger("cuprumd.engine.cgroup")
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+#: A killed job's cgroup usually empties within a millisecond; a stage in
+#: uninterruptible sleep can hold it longer, and then the next start's
+#: clean-up removes it rather than a job's end waiting on it.
+_EMPTY_TIMEOUT = 2.0
+#: Errors that mean the cgroup is already gone (ENODEV: removed while open).
+_GONE = (errno.ENOENT, errno.ENODEV)
+
+
+@dataclass(frozen=True)
+class _Limit:
+    setting: str
+    controller: str
+    filename: str
+    value: int
+
+
+# --- pure parsing and decisions -------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _cgroup2_mounts(mountinfo: str) -> list[tuple[str, str]]:
+    """``(root, mount point)`` of each cgroup2 mount still visible.
+
+    ``root`` is the part of the hierarchy that is mounted there: ``/`` for
+    the whole of it, a cgroup path for a bind mount of a subtree. A later
+    mount on the same point hides an earlier one.
+    """
+    found: dict[str, str] = {}
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+        except ValueError:
+            continue
+        point = _unescape(fields[4])
+        found.pop(point, None)
+        if len(fields) > sep + 1 and fields[sep + 1] == "cgroup2":
+            found[point] = _unescape(fields[3])
+    return [(root, point) for point, root in found.items()]
+
+
+def find_cgroup2_mount(mountinfo: str) -> str | None:
+    """Where the cgroup v2 hierarchy is mounted, from ``/proc/self/mountinfo``.
+
+    Its place varies (``/sys/fs/cgroup`` on a pure v2 system,
+    ``/sys/fs/cgroup/unified`` on a hybrid one), so it is looked up, never
+    assumed. A mount of the whole hierarchy is preferred over a bind mount
+    of part of it.
+    """
+    mounts = _cgroup2_mounts(mountinfo)
+    for root, point in mounts:
+        if root == "/":
+            return point
+    return mounts[0][1] if mounts else None
+
+
+def own_cgroup_path(proc_cgroup: str) -> str | None:
+    """The v2 cgroup path in a ``/proc/<pid>/cgroup`` text (its ``0::`` line).
+
+    None on a v1-only system, where the line is absent.
+    """
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "" and path.startswith("/"):
+            return path.removesuffix(" (deleted)")
+    return None
+
+
+def _relative(path: str, root: str) -> str | None:
+    if root == "/":
+        return path.lstrip("/")
+    if path == root:
+        return ""
+    if path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    return None
+
+
+def _cgroup_dir(mounts: Iterable[tuple[str, str]], cgroup_path: str) -> Path | None:
+    for root, point in mounts:
+        rel = _relative(cgroup_path, root)
+        if rel is not None:
+            return Path(point, rel)
+    return None
+
+
+def _cgroup_path_of(mounts: Iterable[tuple[str, str]], directory: Path) -> str | None:
+    for root, point in mounts:
+        if directory.is_relative_to(point):
+            return str(PurePosixPath(root) / directory.relative_to(point))
+    return None
+
+
+def _within(proc_cgroup: str, subtree_path: str) -> bool:
+    """Whether the process whose ``/proc/<pid>/cgroup`` this is lies in
+    ``subtree_path`` (the subtree itself or below it, not a sibling that
+    merely shares its name as a prefix)."""
+    path = own_cgroup_path(proc_cgroup)
+    if path is None:
+        return False
+    return path == subtree_path or path.startswith(subtree_path.rstrip("/") + "/")
+
+
+def _populated(events: str) -> bool:
+    for line in events.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "populated":
+            return value.strip() == "1"
+    return False
+
+
+def _plan_controllers(
+    controllers: Iterable[str],
+    own_available: frozenset[str],
+    own_enabled: frozenset[str],
+) -> tuple[str, ...]:
+    """Which wanted controllers to add to our own ``cgroup.subtree_control``.
+
+    A controller reaches a job's cgroup only through every ancestor's
+    ``cgroup.subtree_control``. Ours may add what our parent hands us
+    (``cgroup.controllers``); what the parent withholds no write of ours
+    can get, so it is not tried.
+    """
+    return tuple(
+        name
+        for name in dict.fromkeys(controllers)
+        if name in own_available and name not in own_enabled
+    )
+
+
+def _may_leave_own(own_procs: Iterable[int], own_pid: int) -> bool:
+    """Whether the daemon may move itself out of its own cgroup.
+
+    A cgroup with processes in it cannot pass controllers down (the kernel's
+    no-internal-process rule), so to enable limits the daemon steps into a
+    leaf of its own. It does so only when it is alone there (systemd's
+    delegated unit): moving away from processes someone else put beside it
+    would take it out from under whatever manages them. ``cgroup.procs``
+    lists thread groups, so the daemon's threads count once.
+    """
+    return set(own_procs) == {own_pid}
+
+
+def _poll_delays(timeout: float) -> Iterator[float]:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while time.monotonic() < deadline:
+        yield delay
+        delay = min(delay * 2, 0.02)
+
+
+# --- I/O -------------------------------------------------------------------
+
+
+def _read(path: Path) -> str:
+    """Text of a kernel file; cgroup names are bytes, and any that are not
+    UTF-8 must still map back to the same directory."""
+    return path.read_text(encoding="utf-8", errors="surrogateescape")
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _words(path: Path) -> frozenset[str]:
+    try:
+        return frozenset(_read(path).split())
+    except FileNotFoundError:
+        return frozenset()
+
+
+def _procs(cgroup: Path) -> list[int]:
+    try:
+        return [int(word) for word in _read(cgroup / "cgroup.procs").split()]
+    except FileNotFoundError:
+        return []
+
+
+def _is_populated(cgroup: Path) -> bool:
+    try:
+        return _populated(_read(cgroup / "cgroup.events"))
+    except FileNotFoundError:
+        return False
+
+
+def _kill(cgroup: Path) -> None:
+    try:
+        _write(cgroup / "cgroup.kill", "1")
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            raise
+
+
+def _wait_empty(cgroup: Path, timeout: float) -> bool:
+    for delay in _poll_delays(timeout):
+        if not _is_populated(cgroup):
+            return True
+        time.sleep(delay)
+    return not _is_populated(cgroup)
+
+
+def _remove_tree(cgroup: Path) -> bool:
+    """rmdir a cgroup and any it holds, deepest first: cgroupfs has no
+    recursive removal, and a job may have made cgroups of its own."""
+    for dirpath, _dirs, _files in os.walk(cgroup, topdown=False):
+        try:
+            os.rmdir(dirpath)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+    return not cgroup.exists()
+
+
+def _enable(cgroup: Path, controller: str) -> int:
+    """0 once ``controller`` is passed to the children of ``cgroup``, else
+    the errno (EBUSY: processes in ``cgroup`` itself stand in the way)."""
+    try:
+        _write(cgroup / "cgroup.subtree_control", f"+{controller}")
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    return 0
+
+
+class JobCgroup:
+    """One job's cgroup.
+
+    Every stage enters it between fork and exec by writing ``"0"`` to
+    ``procs_fd``, so no stage runs a single instruction of its program
+    outside it and nothing it forks can be missed.
+    """
+
+    def __init__(self, path: Path, procs_fd: int) -> None:
+        self.path = path
+        self.procs_fd = procs_fd
+        self._closed = False
+        self._removed = False
+
+    def kill(self) -> None:
+        """SIGKILL everything in the job, ``setsid`` escapees included."""
+        _kill(self.path)
+
+    def populated(self) -> bool:
+        """Whether any process of the job is still alive (zombies aside)."""
+        return _is_populated(self.path)
+
+    def pids(self) -> list[int]:
+        """Every process of the job, including any in cgroups it made."""
+        found: list[int] = []
+        for dirpath, _dirs, _files in os.walk(self.path):
+            found.extend(_procs(Path(dirpath)))
+        return found
+
+    def _begin_close(self) -> bool:
+        if self._closed:
+            return False
+        self._closed = True
+        try:
+            self.kill()
+        except OSError as exc:
+            _log.error("cgroup.kill_failed", path=str(self.path), error=str(exc))
+        if self.procs_fd >= 0:
+            os.close(self.procs_fd)
+            self.procs_fd = -1
+        return True
+
+    def _finish(self, *, emptied: bool) -> bool:
+        if emptied:
+            self._removed = _remove_tree(self.path)
+        if not self._removed:
+            _log.warning("cgroup.left_behind", path=str(self.path), emptied=emptied)
+        return self._removed
+
+    async def aclose(self) -> bool:
+        """Kill the job, then remove its cgroup once empty, without blocking
+        the event loop while it empties.
+
+        ``cgroup.events`` signals changes with POLLPRI, which an event loop's
+        readers do not watch, so it is polled. False when the cgroup did not
+        empty in time: it is left for the next start's clean-up. Idempotent;
+        a repeat call returns the first one's outcome so far.
+        """
+        if not self._begin_close():
+            return self._removed
+        for delay in _poll_delays(_EMPTY_TIMEOUT):
+            if not self.populated():
+                return self._finish(emptied=True)
+            await asyncio.sleep(delay)
+        return self._finish(emptied=not self.populated())
+
+    def close(self) -> bool:
+        """:meth:`aclose` for paths that cannot await (tear-down, errors
+        while starting a job)."""
+        if not self._begin_close():
+            return self._removed
+        return self._finish(emptied=_wait_empty(self.path, _EMPTY_TIMEOUT))
+
+
+class JobCgroups:
+    """The daemon's subtree of job cgroups.
+
+    Open it only once the socket is bound: opening kills whatever an earlier
+    daemon on the same socket left running, and a second daemon that has
+    not yet found the socket taken would kill the first one's jobs.
+    """
+
+    def __init__(
+        self,
+        subtree: Path,
+        subtree_path: str,
+        limits: tuple[_Limit, ...],
+        limits_unavailable: tuple[str, ...],
+        reaped_stale: int,
+    ) -> None:
+        self.subtree = subtree
+        self.limits_unavailable = limits_unavailable
+        self.reaped_stale = reaped_stale
+        self._subtree_path = subtree_path
+        self._limits = limits
+
+    @classmethod
+    def open(
+        cls,
+        tag: str,
+        *,
+        memory_max: int | None,
+        pids_max: int | None,
+        own_dir: Path | None = None,
+        own_pid: int | None = None,
+    ) -> tuple[JobCgroups | None, str]:
+        """Set up ``<own>/cuprumd-<tag>``; ``(None, why)`` when cgroups
+        cannot be had, else ``(subtree, summary)``.
+
+        ``tag`` keeps daemons on different sockets out of each other's jobs
+        while letting a restarted one find its predecessor's. ``own_dir``
+        and ``own_pid`` stand for the daemon's cgroup and pid, so the
+        set-up can be exercised on a test cgroup with a stand-in process.
+        Limits that cannot be enforced here are named in
+        ``limits_unavailable``, not treated as failure.
+        """
+        wanted: list[_Limit] = []
+        if memory_max is not None:
+            wanted.append(_Limit("job_memory_max", "memory", "memory.max", memory_max))
+        if pids_max is not None:
+            wanted.append(_Limit("job_pids_max", "pids", "pids.max", pids_max))
+        return cls._open(tag, tuple(wanted), own_dir=own_dir, own_pid=own_pid)
+
+    @classmethod
+    def _open(
+        cls,
+        tag: str,
+        wanted: tuple[_Limit, ...],
+        *,
+        own_dir: Path | None,
+        own_pid: int | None,
+    ) -> tuple[JobCgroups | None, str]:
+        if not _NAME.fullmatch(tag):
+            msg = f"cgroup tag {tag!r} is not a short [A-Za-z0-9_-] name"
+            raise ValueError(msg)
+        mounts = _cgroup2_mounts(_read(Path("/proc/self/mountinfo")))
+        if not mounts:
+            return None, "no cgroup2 hierarchy is mounted"
+        if own_dir is None:
+            found = _locate_own(mounts)
+            if isinstance(found, str):
+                return None, found
+            own_dir = found
+        if own_dir.name == f"cuprumd-{tag}.daemon":
+            own_dir = own_dir.parent
+        subtree = own_dir / f"cuprumd-{tag}"
+        subtree_path = _cgroup_path_of(mounts, subtree)
+        if subtree_path is None:
+            return None, f"{own_dir} is not in a cgroup2 hierarchy"
+        why_not = _make_subtree(own_dir, subtree)
+        if why_not is not None:
+            return None, why_not
+
+        reaped = _reap_stale(subtree)
+        enabled = _enable_controllers(
+            own_dir,
+            subtree,
+            [limit.controller for limit in wanted],
+            own_pid=os.getpid() if own_pid is None else own_pid,
+            leaf=own_dir / f"cuprumd-{tag}.daemon",
+        )
+        limits = tuple(limit for limit in wanted if limit.controller in enabled)
+        unavailable = tuple(
+            limit.setting for limit in wanted if limit.controller not in enabled
+        )
+        applied = ", ".join(limit.setting for limit in limits) or "none"
+        summary = f"{subtree} (limits: {applied}; stale job cgroups reaped: {reaped})"
+        return cls(subtree, subtree_path, limits, unavailable, reaped), summary
+
+    def create(self, job_id: str) -> JobCgroup:
+        """Make the job's cgroup with its limits, ready for stages to join.
+
+        Raises ``OSError`` (the cgroup is then not left behind) so the
+        caller can refuse the job rather than run it unconfined.
+        """
+        if not _NAME.fullmatch(job_id):
+            msg = f"job id {job_id!r} is not a usable cgroup name"
+            raise ValueError(msg)
+        path = self.subtree / job_id
+        path.mkdir()
+        try:
+            for limit in self._limits:
+                _write(path / limit.filename, str(limit.value))
+            fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            _remove_tree(path)
+            raise
+        return JobCgroup(path, fd)
+
+    def owns_pid(self, pid: int) -> bool:
+        """Whether ``pid`` belongs to one of our jobs, so that jobs cannot
+        submit jobs.
+
+        A job runs as the daemon's user, so its ``/proc`` entry is always
+        readable to us: one we cannot read is gone or not a job's.
+        """
+        try:
+            text = _read(Path(f"/proc/{pid}/cgroup"))
+        except OSError:
+            return False
+        return _within(text, self._subtree_path)
+
+    def close(self) -> bool:
+        """Remove the subtree at shutdown; False (and left) if jobs remain."""
+        try:
+            self.subtree.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def _locate_own(mounts: list[tuple[str, str]]) -> Path | str:
+    """The daemon's own cgroup directory, or why there is none."""
+    own_path = own_cgroup_path(_read(Path("/proc/self/cgroup")))
+    if own_path is None:
+        return "this process has no cgroup v2 path (cgroup v1 only)"
+    own_dir = _cgroup_dir(mounts, own_path)
+    if own_dir is None or not own_dir.is_dir():
+        return f"own cgroup {own_path} is not visible in any cgroup2 mount"
+    return own_dir
+
+
+def _make_subtree(own: Path, subtree: Path) -> str | None:
+    """Create the subtree; the reason cgroups are unavailable, if they are.
+
+    ``os.access`` alone can be wrong (a read-only mount, an LSM), so the
+    mkdir is the real test; the access check gives the clearer message.
+    """
+    uid = os.geteuid()
+    if not os.access(own, os.W_OK):
+        return f"{own} is not writable by uid {uid} (not delegated to us)"
+    try:
+        subtree.mkdir(exist_ok=True)
+    except OSError as exc:
+        return f"{own} is not writable by uid {uid}: {exc.strerror}"
+    if not os.access(subtree, os.W_OK):
+        return f"{subtree} is not writable by uid {uid}"
+    kill = subtree / "cgroup.kill"
+    if not kill.exists():
+        _remove_tree(subtree)
+        return "cgroup.kill is missing (needs Linux 5.14 or later)"
+    if not os.access(kill, os.W_OK):
+        return f"{kill} is not writable by uid {uid} (made by another user?)"
+    return None
+
+
+def _reap_stale(subtree: Path) -> int:
+    """Kill and remove what an earlier daemon on this socket left behind.
+
+    Everything under the subtree is stale at start-up: the whole subtree is
+    killed at once, then each job cgroup removed. One that does not empty
+    in time stays, and is not counted.
+    """
+    stale = [entry for entry in subtree.iterdir() if entry.is_dir()]
+    if not stale:
+        return 0
+    _kill(subtree)
+    _wait_empty(subtree, _EMPTY_TIMEOUT)
+    return sum(_remove_tree(entry) for entry in stale)
+
+
+def _enable_controllers(
+    own: Path,
+    subtree: Path,
+    controllers: list[str],
+    *,
+    own_pid: int,
+    leaf: Path,
+) -> frozenset[str]:
+    """Pass the wanted controllers down to job cgroups; return those that
+    made it. Anything short of that is a limit not applied, never an error.
+    """
+    if not controllers:
+        return frozenset()
+    to_enable = _plan_controllers(
+        controllers,
+        _words(own / "cgroup.controllers"),
+        _words(own / "cgroup.subtree_control"),
+    )
+    blocked = [name for name in to_enable if _enable(own, name) == errno.EBUSY]
+    if blocked and _may_leave_own(_procs(own), own_pid):
+        try:
+            leaf.mkdir(exist_ok=True)
+            _write(leaf / "cgroup.procs", str(own_pid))
+        except OSError as exc:
+            _log.warning("cgroup.self_move_failed", leaf=str(leaf), error=str(exc))
+        else:
+            _log.info("cgroup.self_moved", leaf=str(leaf))
+            for name in blocked:
+                _enable(own, name)
+    ready = _words(subtree / "cgroup.subtree_control")
+    available = _words(subtree / "cgroup.controllers")
+    return frozenset(
+        name
+        for name in controllers
+        if name in ready or (name in available and _enable(subtree, name) == 0)
+    )

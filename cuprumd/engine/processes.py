@@ -1,0 +1,195 @@
+"""The one owner of a job's processes: spawn, exits, signals, final sweep.
+
+A job's stages share one process group and, where the daemon has a cgroup
+subtree, one cgroup. ``ProcessGroup`` starts them, learns each exit through
+a pidfd, signals them, and when the last stage has exited sweeps whatever
+they left behind (a background child, a ``setsid`` escapee) before the job
+reports: nothing outlives its job.
+
+The group leader (stage 0) is kept unreaped until that sweep: its zombie
+holds the process-group id, so the final ``killpg`` cannot reach a stranger
+that happened to be given the same number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable
+
+from cuprumd.engine.cgroup import JobCgroup
+from cuprumd.engine.launch import Launched, Launcher, StageLaunch
+from cuprumd.fdio import close_quietly
+
+__all__ = ["JobProcessIndex", "ProcessGroup", "read_proc_stat", "returncode_of"]
+
+
+def returncode_of(info: os.waitid_result) -> int:
+    """``subprocess``'s convention: the exit status, or minus the signal."""
+    if info.si_code == os.CLD_EXITED:
+        return int(info.si_status)
+    return -int(info.si_status)
+
+
+class JobProcessIndex:
+    """Which process groups belong to running jobs, daemon-wide.
+
+    Lets the server tell a connection from a job's own process (which
+    must not act with the daemon's identity) when there is no cgroup to ask.
+    """
+
+    def __init__(self) -> None:
+        self._groups: set[int] = set()
+
+    def add(self, pgid: int) -> None:
+        """A job's group started."""
+        self._groups.add(pgid)
+
+    def discard(self, pgid: int) -> None:
+        """A job's group has been swept."""
+        self._groups.discard(pgid)
+
+    def owns(self, pid: int, read_stat: Callable[[int], tuple[int, int]]) -> bool:
+        """Whether ``pid`` or one of its ancestors is in a job's group.
+
+        ``read_stat(pid)`` returns ``(ppid, pgid)``; the ancestor walk
+        catches a descendant that left the group with ``setsid`` while its
+        parent chain is still alive.
+        """
+        seen = 0
+        while pid > 1 and seen < 64:
+            try:
+                ppid, pgid = read_stat(pid)
+            except OSError:
+                return False
+            if pgid in self._groups:
+                return True
+            pid, seen = ppid, seen + 1
+        return False
+
+
+def read_proc_stat(pid: int) -> tuple[int, int]:
+    """``(ppid, pgid)`` of a live process, from ``/proc``."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        fields = fh.read().rsplit(b")", 1)[1].split()
+    return int(fields[1]), int(fields[2])
+
+
+class ProcessGroup:
+    """A job's stages from spawn to the last reap; see the module docstring."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        launcher: Launcher,
+        cgroup: JobCgroup | None,
+        index: JobProcessIndex | None,
+    ) -> None:
+        self._loop = loop
+        self._launcher = launcher
+        self._cgroup = cgroup
+        self._index = index
+        self._pidfds: list[int] = []
+        self._leader_fd: int | None = None
+        self.pgid: int | None = None
+        self.pids: list[int | None] = []
+        self.returncodes: list[int | None] = []
+        self.exits: list[asyncio.Future[int]] = []
+        self._swept = False
+
+    @property
+    def cgroup_procs_fd(self) -> int | None:
+        """What each stage writes ``0`` into to join the job's cgroup."""
+        return None if self._cgroup is None else self._cgroup.procs_fd
+
+    # -- start -------------------------------------------------------------
+
+    def start(self, stage: StageLaunch) -> int:
+        """Start the next stage in the group; return its index.
+
+        Raises ``SpawnError`` (naming the program and errno); the caller
+        then kills the stages already started.
+        """
+        index = len(self.pids)
+        launched: Launched = self._launcher(stage)
+        self.pids.append(launched.pid)
+        self.returncodes.append(None)
+        if self.pgid is None:
+            self.pgid = launched.pid
+            self._leader_fd = launched.pidfd
+            if self._index is not None:
+                self._index.add(launched.pid)
+        else:
+            self._pidfds.append(launched.pidfd)
+        future: asyncio.Future[int] = self._loop.create_future()
+        self.exits.append(future)
+        self._loop.add_reader(
+            launched.pidfd, self._on_exit, index, launched.pidfd, future
+        )
+        return index
+
+    def _on_exit(self, index: int, pidfd: int, future: asyncio.Future[int]) -> None:
+        self._loop.remove_reader(pidfd)
+        leader = pidfd == self._leader_fd
+        flags = os.WEXITED | (os.WNOWAIT if leader else 0)
+        info = os.waitid(os.P_PIDFD, pidfd, flags)
+        if not leader:
+            self._pidfds.remove(pidfd)
+            close_quietly(pidfd)
+        code = 0 if info is None else returncode_of(info)
+        self.returncodes[index] = code
+        if not future.done():
+            future.set_result(code)
+
+    # -- signals -------------------------------------------------------------
+
+    @property
+    def all_exited(self) -> bool:
+        """Every started stage has exited (the leader may still be a zombie)."""
+        return all(f.done() for f in self.exits)
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Signal the whole job, while any part of it may still run."""
+        if self._swept or self.pgid is None:
+            return
+        if sig is signal.SIGKILL and self._cgroup is not None:
+            self._cgroup.kill()
+        try:
+            os.killpg(self.pgid, sig)
+        except ProcessLookupError:
+            pass
+
+    def sweep(self) -> None:
+        """Kill whatever the stages left behind, then reap the leader.
+
+        Called once every stage has exited. With a cgroup this reaches
+        every descendant; without one, everything still in the group (the
+        leader's zombie keeps the id ours until this ``killpg``).
+        """
+        if self._swept:
+            return
+        self.signal(signal.SIGKILL)
+        self._swept = True
+        if self._index is not None and self.pgid is not None:
+            self._index.discard(self.pgid)
+        if self._leader_fd is not None:
+            fd, self._leader_fd = self._leader_fd, None
+            if self.exits and self.exits[0].done():
+                os.waitid(os.P_PIDFD, fd, os.WEXITED)
+            close_quietly(fd)
+
+    async def close(self) -> None:
+        """Wait for every stage, sweep, and release the cgroup.
+
+        The one close contract: whatever happened before, after this no
+        process of the job runs, no zombie of it remains, and its pidfds
+        and cgroup are gone.
+        """
+        if self.exits:
+            await asyncio.wait(self.exits)
+        self.sweep()
+        if self._cgroup is not None:
+            cgroup, self._cgroup = self._cgroup, None
+            await cgroup.aclose()
+

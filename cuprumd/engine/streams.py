@@ -1,0 +1,116 @@
+"""The one owner of a job's streams: pipes, pumps, captures and the feeder.
+
+Every descriptor of a job that is not a child's belongs here from the
+moment the pipes are made, and ``close`` is the single way they end: after
+it, no pump, capture or feeder holds a descriptor or a loop callback,
+whatever path the job took (ran to the end, timed out, cancelled, failed
+to start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from cuprumd.backend import StreamBackend
+from cuprumd.engine.plumbing import Plumbing
+from cuprumd.fdio import Capture, Feeder
+from cuprumd.outcome import TransferOutcome
+from cuprumd.pump import Transfer, start_transfer
+
+__all__ = ["Streams"]
+
+
+class Streams:
+    """Moves a job's bytes between its stages and collects its output."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        plumbing: Plumbing,
+        backend: StreamBackend,
+        *,
+        max_output_bytes: int,
+        buffer_size: int,
+        job_id: str | None,
+    ) -> None:
+        self._loop = loop
+        self.plumbing = plumbing
+        self._backend = backend
+        self._limit = max_output_bytes
+        self._buffer_size = buffer_size
+        self._job_id = job_id
+        self.stdout: Capture | None = None
+        self.stderrs: list[Capture | None] = [None] * len(plumbing.err)
+        self.feeder: Feeder | None = None
+        self.transfers: list[Transfer] = []
+
+    def start(self, stdin: bytes | None) -> None:
+        """Hand every runner-side descriptor to its reader, writer or pump."""
+        links = self.plumbing
+        if stdin is not None:
+            self.feeder = Feeder(self._loop, links.take_stdin_writer(), stdin)
+            self.feeder.start()
+        for i in range(len(self.stderrs)):
+            capture = Capture(self._loop, links.take_stderr_reader(i), self._limit)
+            capture.start()
+            self.stderrs[i] = capture
+        self.stdout = Capture(self._loop, links.take_stdout_reader(), self._limit)
+        self.stdout.start()
+        for i in range(len(self.stderrs) - 1):
+            reader, writer = links.take_transfer(i)
+            context = {"job_id": self._job_id, "from_stage": i, "to_stage": i + 1}
+            self.transfers.append(
+                start_transfer(
+                    self._backend,
+                    reader,
+                    writer,
+                    buffer_size=self._buffer_size,
+                    log_context=context,
+                )
+            )
+
+    def _captures(self) -> list[Capture | Feeder]:
+        found: list[Capture | Feeder | None] = [self.stdout, *self.stderrs, self.feeder]
+        return [c for c in found if c is not None]
+
+    def stop_feeding(self) -> None:
+        """The job is being terminated: its input no longer matters."""
+        if self.feeder is not None:
+            self.feeder.abort()
+
+    async def drain(self, grace: float) -> None:
+        """Let every stream reach EOF, for at most ``grace`` seconds.
+
+        Once the stages are gone and their leftovers swept, only a process
+        that escaped every sweep could hold a pipe open; the job must not
+        hang on it.
+        """
+        pending: list[asyncio.Future[Any]] = [t.done for t in self.transfers]
+        pending += [c.done for c in self._captures()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+
+    def close(self) -> None:
+        """The one close contract (idempotent); see the module docstring."""
+        for capture in self._captures():
+            capture.abort()
+        for transfer in self.transfers:
+            transfer.abort()
+        self.plumbing.close_all()
+
+    def outcomes(self, on_error: Callable[[int, BaseException], None]) -> list[
+        TransferOutcome
+    ]:
+        """Each transfer's outcome; ``on_error`` hears of a pump that failed."""
+        for i, transfer in enumerate(self.transfers):
+            if transfer.error is not None:
+                on_error(i, transfer.error)
+        return [transfer.outcome() for transfer in self.transfers]
+
+    def contents(self) -> tuple[tuple[bytes, bool], list[tuple[bytes, bool]]]:
+        """Captured stdout and each stderr, with their truncation flags."""
+        stdout = (b"", False) if self.stdout is None else self.stdout.contents()
+        stderrs = [(b"", False) if c is None else c.contents() for c in self.stderrs]
+        return stdout, stderrs
