@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Self
 
 from cuprumd.errors import CuprumError
 from cuprumd.models import JobResult, JobSpec
+from cuprumd.paths import default_socket_path
 from cuprumd.protocol import (
     JobList,
     JobRef,
@@ -30,7 +31,6 @@ from cuprumd.protocol import (
     error_from_reply,
     parse_reply,
 )
-from cuprumd.settings import default_socket_path
 
 __all__ = [
     "AsyncClient",

@@ -13,16 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cuprumd.engine.cgroup import JobCgroups
-from cuprumd.engine.launch import Containment, Launcher, LauncherName, choose_launcher
+from cuprumd.engine.launch import Launcher, LauncherName, choose_launcher
 from cuprumd.engine.limits import stage_rlimits
 from cuprumd.engine.processes import JobProcessIndex, read_proc_stat
-from cuprumd.engine.sandbox import (
-    Ruleset,
-    SandboxPolicy,
-    build_policy,
-    create_ruleset,
-    landlock_abi,
-)
+from cuprumd.engine.sandbox import Sandbox, SandboxPolicy, build_policy, open_sandbox
+from cuprumd.engine.scratch import ScratchSpace
+from cuprumd.errors import StartupError
 from cuprumd.logging import get_logger
 from cuprumd.settings import Settings
 
@@ -46,11 +42,12 @@ class Guard:
     """Everything that contains jobs, owned for the daemon's life."""
 
     policy: SandboxPolicy
-    ruleset: Ruleset | None
-    cgroups: JobCgroups | None
+    sandbox: Sandbox | None
+    scratch: ScratchSpace | None
     launcher_name: LauncherName
     launcher: Launcher
-    containment: Containment
+    rlimits: tuple[tuple[int, int, int], ...]
+    cgroups: JobCgroups | None = None
     index: JobProcessIndex = field(default_factory=JobProcessIndex)
 
     def is_job_process(self, pid: int) -> bool:
@@ -94,10 +91,13 @@ class Guard:
             _log.warning("cgroup.limits_unavailable", settings=unusable)
 
     def close(self) -> None:
-        """Release the ruleset and the (empty) cgroup subtree."""
-        if self.ruleset is not None:
-            self.ruleset.close()
-            self.ruleset = None
+        """Release the sandbox, the scratch space and the cgroup subtree."""
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
+        if self.scratch is not None:
+            self.scratch.close()
+            self.scratch = None
         if self.cgroups is not None:
             self.cgroups.close()
             self.cgroups = None
@@ -123,19 +123,23 @@ def prepare_guard(
         writable_paths=settings.writable_paths,
         state_dir=settings.state_dir,
     )
-    ruleset = create_ruleset(policy)
-    if ruleset is None:
+    sandbox = open_sandbox(policy)
+    if sandbox is None:
         _log.warning(
             "sandbox.off",
             message="sandbox = 'off': stages run with the daemon user's full "
             "rights; the allowlist checks only argv[0]",
         )
     else:
-        _log.info("sandbox.configured", abi=landlock_abi(), **policy.describe())
+        _log.info("sandbox.configured", abi=sandbox.abi, **policy.describe())
     launcher_name, launcher = choose_launcher()
     _log.info("spawner.selected", spawner=launcher_name)
-    containment = Containment(
-        ruleset_fd=None if ruleset is None else ruleset.fd,
-        rlimits=stage_rlimits(nofile_soft, settings.job_rlimits),
-    )
-    return Guard(policy, ruleset, None, launcher_name, launcher, containment)
+    try:
+        scratch = ScratchSpace(settings.state_dir)
+    except OSError as exc:
+        if sandbox is not None:
+            sandbox.close()
+        msg = f"cannot create the jobs' scratch space: {exc.strerror} ({exc.filename})"
+        raise StartupError(msg) from None
+    rlimits = stage_rlimits(nofile_soft, settings.job_rlimits)
+    return Guard(policy, sandbox, scratch, launcher_name, launcher, rlimits)

@@ -67,7 +67,9 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 def _make_runner(settings: Settings, backend: StreamBackend, guard: Guard) -> Runner:
     options = pipeline.RunOptions.from_settings(
         settings,
-        containment=guard.containment,
+        rlimits=guard.rlimits,
+        sandbox=guard.sandbox,
+        scratch=guard.scratch,
         launcher=guard.launcher,
         cgroups=guard.cgroups,
         process_index=guard.index,

@@ -16,7 +16,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cuprumd.backend import (
@@ -30,6 +30,8 @@ from cuprumd.engine.environment import child_env
 from cuprumd.engine.launch import Containment, Launcher, StageLaunch, choose_launcher
 from cuprumd.engine.plumbing import SpawnError, open_plumbing
 from cuprumd.engine.processes import JobProcessIndex, ProcessGroup
+from cuprumd.engine.sandbox import Sandbox
+from cuprumd.engine.scratch import JobScratch, ScratchSpace
 from cuprumd.engine.streams import Streams
 from cuprumd.models import JobResult, JobSpec, JobState
 from cuprumd.outcome import Facts, build_result, now_iso
@@ -60,16 +62,18 @@ class _PipelineSettings(_JobLimits, Protocol):
 class RunOptions:
     """Job limits plus the daemon-wide means of containment.
 
-    Without a daemon (library use) there is no sandbox and no cgroup, but
-    stages still get their own group, the parent-death signal and the
-    final sweep.
+    Without a daemon (library use) there is no sandbox, scratch directory
+    or cgroup, but stages still get their own group, the parent-death
+    signal and the final sweep.
     """
 
     max_output_bytes: int = 16 << 20
     default_timeout: float = 300.0
     kill_grace_seconds: float = 5.0
     pump_buffer_size: int = 1 << 20
-    containment: Containment = field(default_factory=Containment)
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+    sandbox: Sandbox | None = None
+    scratch: ScratchSpace | None = None
     launcher: Launcher | None = None
     cgroups: JobCgroups | None = None
     process_index: JobProcessIndex | None = None
@@ -105,6 +109,7 @@ class _Run:
         self.loop = asyncio.get_running_loop()
         self.group: ProcessGroup | None = None
         self.streams: Streams | None = None
+        self.scratch: JobScratch | None = None
         self.error: str | None = None
         self.end_state: JobState | None = None
         self.fail_fast_stage: int | None = None
@@ -132,15 +137,25 @@ class _Run:
             cgroup = None
             if options.cgroups is not None and self.job_id is not None:
                 cgroup = options.cgroups.create(self.job_id)
+            if options.scratch is not None and self.job_id is not None:
+                self.scratch = options.scratch.create(self.job_id)
         except OSError as exc:
-            self.error = f"cannot create the job's cgroup: {exc.strerror}"
+            self.error = f"cannot prepare the job: {exc.strerror} ({exc.filename})"
             return
         launcher = options.launcher or choose_launcher()[1]
         self.group = group = ProcessGroup(
             self.loop, launcher, cgroup, options.process_index
         )
-        env = child_env(job.env)
+        tmpdir = None if self.scratch is None else str(self.scratch.path)
+        env = child_env(job.env, tmpdir=tmpdir)
+        ruleset = None
         try:
+            if options.sandbox is not None:
+                ruleset = options.sandbox.ruleset(tmpdir)
+            contained = Containment(
+                ruleset_fd=None if ruleset is None else ruleset.fd,
+                rlimits=options.rlimits,
+            )
             for i, stage in enumerate(job.stages):
                 program = (
                     self.executables[i]
@@ -152,17 +167,24 @@ class _Run:
                         program, stage.argv, env, links.child_fds(i),
                         process_group=group.pgid or 0, cwd=job.cwd,
                         cgroup_procs_fd=group.cgroup_procs_fd,
-                        containment=options.containment,
+                        containment=contained,
                     )
                 )  # fmt: skip
                 group.exits[i].add_done_callback(
                     functools.partial(self._on_stage_exit, i)
                 )
                 links.release_child_fds(i)
-        except SpawnError as exc:
-            self.error = str(exc)
+        except (SpawnError, OSError) as exc:
+            self.error = (
+                str(exc)
+                if isinstance(exc, SpawnError)
+                else f"cannot build the job's sandbox: {exc.strerror}"
+            )
             group.signal(signal.SIGKILL)
             return
+        finally:
+            if ruleset is not None:
+                ruleset.close()
         self.streams.start(stdin)
 
     # -- termination ------------------------------------------------------
@@ -225,6 +247,8 @@ class _Run:
                 streams.close()
             if group is not None:
                 await group.close()
+            if self.scratch is not None:
+                self.scratch.close()
 
     def kill_now(self, state: JobState) -> None:
         """Skip the grace period: the caller itself is being torn down."""

@@ -27,14 +27,15 @@ from pydantic_settings import (
 
 from cuprumd.backend import StreamBackend, parse_stream_backend
 from cuprumd.engine.launch import RLIMIT_RESOURCES
+from cuprumd.engine.sandbox import SandboxMode
 from cuprumd.errors import ConfigError
+from cuprumd.paths import default_socket_path
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_ENV_DENY",
     "DEFAULT_PROGRAMS",
     "LoadedSettings",
-    "SandboxMode",
     "Settings",
     "default_socket_path",
     "find_config_path",
@@ -44,7 +45,6 @@ __all__ = [
 ENV_PREFIX = "CUPRUM_"
 CONFIG_ENV_VAR = "CUPRUM_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/cuprumd/cuprumd.toml")
-SOCKET_NAME = "cuprumd.sock"
 
 #: Text tools that neither run other programs nor write files by name, so
 #: the allowlist alone keeps its promise even with ``sandbox = "off"``. Not
@@ -74,27 +74,8 @@ DEFAULT_ENV_DENY: tuple[str, ...] = (
     "AWKPATH", "AWKLIBPATH",
 )  # fmt: skip
 
-SandboxMode = Literal["strict", "exec", "off"]
 
 GiB = 1 << 30
-
-
-def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
-    """Pick the socket path the daemon and its clients agree on by default.
-
-    systemd's ``RuntimeDirectory=`` comes first (it may list several
-    directories, separated by colons: the first is ours), then the user's
-    runtime directory, then a per-uid directory under /tmp so two users never
-    collide.
-    """
-    env = os.environ if environ is None else environ
-    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if runtime:
-        return Path(runtime) / SOCKET_NAME
-    xdg = env.get("XDG_RUNTIME_DIR", "")
-    if xdg:
-        return Path(xdg) / "cuprumd" / SOCKET_NAME
-    return Path(f"/tmp/cuprumd-{os.getuid()}") / SOCKET_NAME
 
 
 def _split_list(value: object) -> object:

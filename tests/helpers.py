@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cuprumd.backend import StreamBackend
+from cuprumd.engine.plumbing import Plumbing
 from cuprumd.models import JobResult, JobSpec
 from cuprumd.pipeline import RunOptions, execute, run_pipeline
-from cuprumd.engine.plumbing import Plumbing
 
 
 def job(*stages: list[str], **fields: Any) -> JobSpec:

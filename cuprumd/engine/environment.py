@@ -20,9 +20,13 @@ BASE_ENV: Mapping[str, str] = {
 }
 
 
-def child_env(overlay: Mapping[str, str]) -> dict[str, str]:
-    """Build a stage's environment from the base and the job's overlay."""
-    return {**BASE_ENV, **overlay}
+def child_env(overlay: Mapping[str, str], *, tmpdir: str | None) -> dict[str, str]:
+    """Build a stage's environment: the base, the job's overlay, and the
+    job's scratch directory as ``TMPDIR`` (which no job may set itself)."""
+    env = {**BASE_ENV, **overlay}
+    if tmpdir is not None:
+        env["TMPDIR"] = tmpdir
+    return env
 
 
 def denied_env_names(names: Iterable[str], patterns: Iterable[str]) -> list[str]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 from cuprumd.engine.plumbing import SpawnError, errno_name
+from cuprumd.engine.sandbox import restrict_self
 
 __all__ = [
     "RLIMIT_RESOURCES",
@@ -211,8 +212,6 @@ def _child_steps(stage: StageLaunch, parent: int, report: int) -> None:
             os.chdir(stage.cwd)
         if containment.ruleset_fd is not None:
             step = "landlock"
-            from cuprumd.engine.sandbox import restrict_self  # noqa: PLC0415
-
             restrict_self(containment.ruleset_fd)
         step = "exec"
         os.closerange(3, report)
@@ -258,7 +257,4 @@ def choose_launcher() -> tuple[LauncherName, Launcher]:
         if exc.name != "cuprumd._native":
             raise
         return "python", launch_python
-    spawn: _NativeSpawn | None = getattr(native, "spawn_stage", None)
-    if spawn is None:
-        return "python", launch_python
-    return "native", _native_launcher(spawn)
+    return "native", _native_launcher(native.spawn_stage)

@@ -18,6 +18,7 @@ from cuprumd.fdio import close_quietly
 
 __all__ = ["Plumbing", "SpawnError", "errno_name", "open_plumbing"]
 
+
 class SpawnError(Exception):
     """A stage could not be started; the message names it and the errno."""
 

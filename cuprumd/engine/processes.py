@@ -192,4 +192,3 @@ class ProcessGroup:
         if self._cgroup is not None:
             cgroup, self._cgroup = self._cgroup, None
             await cgroup.aclose()
-

@@ -27,10 +27,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Literal
 
 from cuprumd.errors import ConfigError
-from cuprumd.settings import SandboxMode
 
 __all__ = [
     "READ_DEVICES",
@@ -39,17 +38,23 @@ __all__ = [
     "SYSTEM_READ_PATHS",
     "WRITE_DEVICES",
     "Ruleset",
+    "Sandbox",
     "SandboxMode",
     "SandboxPolicy",
     "build_policy",
     "create_ruleset",
     "elf_interpreter",
     "landlock_abi",
+    "open_sandbox",
     "policy_rules",
     "restrict_self",
     "risky_programs",
     "shebang_interpreter",
 ]
+
+#: ``strict``: exec, write and read rules; ``exec``: exec and write rules
+#: only; ``off``: no sandbox.
+SandboxMode = Literal["strict", "exec", "off"]
 
 #: Scoping (signals, abstract sockets) arrived with ABI 6; without it a job
 #: could signal the daemon or reach any abstract socket on the host.
@@ -672,34 +677,108 @@ def _abi_error(mode: SandboxMode, abi: int) -> ConfigError:
     )
 
 
-def _add_path_rule(ruleset_fd: int, path: str, rights: int) -> None:
+def _open_target(path: str) -> int | None:
+    """An ``O_PATH`` descriptor naming ``path``'s inode, for its rule."""
     try:
-        parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError:
         if path in READ_DEVICES:
-            return
+            return None
         msg = f"sandbox: {path} disappeared before its Landlock rule could be added"
         raise ConfigError(msg) from None
     except OSError as exc:
         msg = f"sandbox: cannot open {path} for its Landlock rule: {exc.strerror}"
         raise ConfigError(msg) from None
-    try:
-        if not stat.S_ISDIR(os.fstat(parent).st_mode):
-            rights &= FS_FILE_RIGHTS
+
+
+def _add_fd_rule(ruleset_fd: int, attr: _PathBeneathAttr, path: str) -> None:
+    result = _add_rule(
+        _SYS_LANDLOCK_ADD_RULE, ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, attr, 0
+    )
+    if result < 0:
+        raise _os_error(f"landlock_add_rule({path})")
+
+
+class Sandbox:
+    """A policy's rule targets, opened once; a fresh ruleset per job.
+
+    Each job gets its own ruleset because each has its own scratch
+    directory; keeping the targets open makes that a handful of system
+    calls instead of a walk over every path. The one owner of those
+    descriptors: ``close`` releases them.
+    """
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        abi = landlock_abi()
+        if abi < REQUIRED_ABI:
+            raise _abi_error(policy.mode, abi)
+        self.policy = policy
+        self.abi = abi
+        self._handled = _handled_fs(policy.mode) & fs_rights_for_abi(abi)
+        self._targets: list[tuple[int, _PathBeneathAttr, str]] = []
+        try:
+            for path, rights in policy_rules(policy):
+                self._add_target(path, rights)
+        except BaseException:
+            self.close()
+            raise
+
+    def _add_target(self, path: str, rights: int) -> None:
+        rights &= self._handled
         if not rights:
             return
-        attr = _PathBeneathAttr(allowed_access=rights, parent_fd=parent)
-        result = _add_rule(
-            _SYS_LANDLOCK_ADD_RULE, ruleset_fd, _LANDLOCK_RULE_PATH_BENEATH, attr, 0
+        target = _open_target(path)
+        if target is None:
+            return
+        if not stat.S_ISDIR(os.fstat(target).st_mode):
+            rights &= FS_FILE_RIGHTS
+        if rights:
+            attr = _PathBeneathAttr(allowed_access=rights, parent_fd=target)
+            self._targets.append((target, attr, path))
+        else:
+            os.close(target)
+
+    def ruleset(self, scratch: str | None = None) -> Ruleset:
+        """A new ruleset: the policy, plus full rights beneath ``scratch``."""
+        abi = self.abi
+        handled = _RulesetAttr(
+            handled_access_fs=self._handled,
+            handled_access_net=NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
+            scoped=SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
         )
-        if result < 0:
-            raise _os_error(f"landlock_add_rule({path})")
-    finally:
-        os.close(parent)
+        fd = int(
+            _create_ruleset(
+                _SYS_LANDLOCK_CREATE_RULESET, handled, _ruleset_attr_size(abi), 0
+            )
+        )
+        if fd < 0:
+            raise _os_error("landlock_create_ruleset")
+        ruleset = Ruleset(fd, abi)
+        try:
+            for _target, attr, path in self._targets:
+                _add_fd_rule(fd, attr, path)
+            if scratch is not None:
+                target = os.open(scratch, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    rights = (FS_READ | FS_WRITE) & self._handled
+                    own = _PathBeneathAttr(allowed_access=rights, parent_fd=target)
+                    _add_fd_rule(fd, own, scratch)
+                finally:
+                    os.close(target)
+        except BaseException:
+            ruleset.close()
+            raise
+        return ruleset
+
+    def close(self) -> None:
+        """Release every target descriptor (idempotent)."""
+        targets, self._targets = self._targets, []
+        for target, _attr, _path in targets:
+            os.close(target)
 
 
-def create_ruleset(policy: SandboxPolicy) -> Ruleset | None:
-    """Build the kernel ruleset for ``policy``; None when the mode is ``off``.
+def open_sandbox(policy: SandboxPolicy) -> Sandbox | None:
+    """The daemon's sandbox for ``policy``; None when the mode is ``off``.
 
     Every right the ABI knows for the mode is handled (so anything without a
     rule is denied); TCP bind and connect are handled with no rule at all,
@@ -710,33 +789,22 @@ def create_ruleset(policy: SandboxPolicy) -> Ruleset | None:
     ------
     ConfigError
         When the kernel's Landlock ABI is below ``REQUIRED_ABI`` or a path
-        cannot be opened; ``OSError`` if the kernel rejects a rule.
+        cannot be opened.
     """
     if policy.mode == "off":
         return None
-    abi = landlock_abi()
-    if abi < REQUIRED_ABI:
-        raise _abi_error(policy.mode, abi)
-    handled = _handled_fs(policy.mode) & fs_rights_for_abi(abi)
-    attr = _RulesetAttr(
-        handled_access_fs=handled,
-        handled_access_net=NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0,
-        scoped=SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0,
-    )
-    fd = int(
-        _create_ruleset(_SYS_LANDLOCK_CREATE_RULESET, attr, _ruleset_attr_size(abi), 0)
-    )
-    if fd < 0:
-        raise _os_error("landlock_create_ruleset")
-    ruleset = Ruleset(fd, abi)
+    return Sandbox(policy)
+
+
+def create_ruleset(policy: SandboxPolicy, scratch: str | None = None) -> Ruleset | None:
+    """One ruleset for ``policy`` (see ``open_sandbox``), for one-off use."""
+    sandbox = open_sandbox(policy)
+    if sandbox is None:
+        return None
     try:
-        for path, rights in policy_rules(policy):
-            if rights & handled:
-                _add_path_rule(fd, path, rights & handled)
-    except BaseException:
-        ruleset.close()
-        raise
-    return ruleset
+        return sandbox.ruleset(scratch)
+    finally:
+        sandbox.close()
 
 
 def restrict_self(ruleset_fd: int) -> None:

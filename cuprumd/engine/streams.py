@@ -100,9 +100,9 @@ class Streams:
             transfer.abort()
         self.plumbing.close_all()
 
-    def outcomes(self, on_error: Callable[[int, BaseException], None]) -> list[
-        TransferOutcome
-    ]:
+    def outcomes(
+        self, on_error: Callable[[int, BaseException], None]
+    ) -> list[TransferOutcome]:
         """Each transfer's outcome; ``on_error`` hears of a pump that failed."""
         for i, transfer in enumerate(self.transfers):
             if transfer.error is not None:

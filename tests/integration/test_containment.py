@@ -363,11 +363,13 @@ def test_jobs_cannot_submit_jobs(stream_backend: StreamBackend) -> None:
         "import json, socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"
         "s.connect(sys.argv[1])\n"
-        "s.sendall(b'{\"id\": 1, \"op\": \"list\"}\\n')\n"
+        's.sendall(b\'{"id": 1, "op": "list"}\\n\')\n'
         "print(s.makefile().readline(), end='')\n"
     )
     try:
-        result = run(daemon, [SYSTEM_PYTHON, "-I", "-c", probe, str(daemon.socket_path)])
+        result = run(
+            daemon, [SYSTEM_PYTHON, "-I", "-c", probe, str(daemon.socket_path)]
+        )
         reply = json.loads(result["stdout"])
         assert error(reply) == ("forbidden", "jobs cannot submit jobs")
     finally:
@@ -375,7 +377,7 @@ def test_jobs_cannot_submit_jobs(stream_backend: StreamBackend) -> None:
         daemon.close()
 
 
-# -- honest results ---------------------------------------------------------------------
+# -- honest results ------------------------------------------------------------
 
 
 def test_a_cancelled_transfer_reports_its_pump_and_bytes(daemon: Daemon) -> None:

@@ -134,11 +134,11 @@ def test_sigterm_finishes_short_jobs_and_cancels_the_rest(
 def test_sigterm_when_idle_exits_at_once_and_removes_the_socket() -> None:
     daemon = start_daemon({"stream_backend": "python"})
     try:
-        idle = daemon.connect()  # an idle client must not hold the daemon up
-        started = time.monotonic()
-        assert daemon.terminate(timeout=10) == 0
-        assert time.monotonic() - started < 3
-        assert idle.read_line() == b""
+        with daemon.connect() as idle:  # an idle client must not hold it up
+            started = time.monotonic()
+            assert daemon.terminate(timeout=10) == 0
+            assert time.monotonic() - started < 3
+            assert idle.read_line() == b""
         assert not daemon.socket_path.exists()
     finally:
         daemon.close()

@@ -21,7 +21,7 @@ DAEMON_SETTINGS = {"max_concurrent_jobs": 8, "max_queued_jobs": 128}
 JOBS = [
     (job(["printf", "x"], ["cat"], ["wc", "-c"]), "succeeded"),
     (job(["cat", "/nonexistent"], ["cat"]), "failed"),
-    (job(["true"], cwd="/nonexistent-dir"), "error"),
+    (job(["true"], cwd="/usr/nonexistent-dir"), "error"),
     (job(["sleep", "5"], ["cat"], timeout=0.1), "timed_out"),
     (job(["yes"], ["head", "-n", "1"]), "succeeded"),
     (job(["cat"], ["tac"], stdin="b\na\n" * 1000, fail_fast=True), "succeeded"),

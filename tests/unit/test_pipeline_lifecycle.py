@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cuprumd.backend import StreamBackend
+from cuprumd.engine.limits import raise_fd_limit
 from cuprumd.models import JobState
 from cuprumd.pipeline import RunOptions, execute
-from cuprumd.engine.limits import raise_fd_limit
 from tests.helpers import (
     child_pids,
     job,

@@ -13,7 +13,7 @@ import pytest
 
 from cuprumd.client import AsyncClient, ClientError, DaemonUnavailable
 from cuprumd.containment import Guard
-from cuprumd.engine.launch import Containment, launch_python
+from cuprumd.engine.launch import launch_python
 from cuprumd.engine.sandbox import build_policy
 from cuprumd.errors import Busy, Internal, NotFound, ProgramNotAllowed, WaitTimeout
 from cuprumd.jobs import Job, JobRegistry, Limits, unstarted_result
@@ -47,9 +47,7 @@ def serve(body: Callable[[Server, Path], Awaitable[Any]], **settings: Any) -> An
             daemon_uid=0,
         )
         allowlist = build_allowlist(["cat", "sleep"], PATHS.get, lambda _p: False)
-        guard = Guard(
-            build_policy("off", []), None, None, "python", launch_python, Containment()
-        )
+        guard = Guard(build_policy("off", []), None, None, "python", launch_python, ())
         server = Server(config, "python", allowlist, registry, guard)
         listener = open_listener(path, 0o600, None)
         await server.start(listener)

@@ -1,0 +1,33 @@
+"""Where the daemon listens by default, shared by the daemon and its clients.
+
+Its own module so that a client can find the socket without importing the
+daemon's settings model (and pydantic-settings with it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["SOCKET_NAME", "default_socket_path"]
+
+SOCKET_NAME = "cuprumd.sock"
+
+
+def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Pick the socket path the daemon and its clients agree on by default.
+
+    systemd's ``RuntimeDirectory=`` comes first (it may list several
+    directories, separated by colons: the first is ours), then the user's
+    runtime directory, then a per-uid directory under /tmp so two users never
+    collide.
+    """
+    env = os.environ if environ is None else environ
+    runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / SOCKET_NAME
+    xdg = env.get("XDG_RUNTIME_DIR", "")
+    if xdg:
+        return Path(xdg) / "cuprumd" / SOCKET_NAME
+    return Path(f"/tmp/cuprumd-{os.getuid()}") / SOCKET_NAME
