@@ -116,6 +116,16 @@ def prepare_guard(
         When the sandbox cannot be had as configured (kernel without the
         Landlock ABI it needs, ``state_dir`` inside a sandbox path).
     """
+    try:
+        launcher_name, launcher = choose_launcher()
+    except ImportError as exc:
+        _log.error("spawner.broken", module="cuprumd._native", error=str(exc))
+        msg = (
+            f"the native extension cuprumd._native is installed but cannot be "
+            f"loaded ({exc}); rebuild it or remove it"
+        )
+        raise StartupError(msg) from None
+    _log.info("spawner.selected", spawner=launcher_name)
     policy = build_policy(
         settings.sandbox,
         executables,
@@ -132,8 +142,6 @@ def prepare_guard(
         )
     else:
         _log.info("sandbox.configured", abi=sandbox.abi, **policy.describe())
-    launcher_name, launcher = choose_launcher()
-    _log.info("spawner.selected", spawner=launcher_name)
     try:
         scratch = ScratchSpace(settings.state_dir)
     except OSError as exc:

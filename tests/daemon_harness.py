@@ -190,8 +190,11 @@ def serve_to_exit(
     config: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``cuprumd serve`` that is expected to refuse to start."""
+    if daemon_uid() != os.getuid():
+        for path in (config.parent, config):
+            os.chown(path, daemon_uid(), daemon_uid())
     return subprocess.run(
-        [PYTHON, "-m", "cuprumd.cli", "serve", "--config", str(config)],
+        as_daemon_user([PYTHON, "-m", "cuprumd.cli", "serve", "--config", str(config)]),
         env=daemon_env() if env is None else dict(env),
         capture_output=True,
         text=True,

@@ -18,6 +18,7 @@ from tests.daemon_harness import (
     HIDE_NATIVE,
     RawConnection,
     base_config,
+    daemon_uid,
     job,
     serve_to_exit,
     short_tmpdir,
@@ -119,6 +120,7 @@ def test_a_stale_socket_file_is_replaced() -> None:
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(workdir / "d.sock"))
     stale.close()  # the file stays, nobody listens: connect gets ECONNREFUSED
+    os.chown(workdir / "d.sock", daemon_uid(), daemon_uid())
     daemon = start_daemon({"stream_backend": "python"}, workdir=workdir)
     try:
         assert daemon.request({"op": "ping"})["ok"] is True
@@ -234,7 +236,9 @@ DROP_TO_NOBODY = (
 )
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become nobody")
+@pytest.mark.skipif(
+    daemon_uid() != 0, reason="the daemon starts as root here and drops to nobody"
+)
 def test_runs_as_an_unprivileged_user_and_creates_its_socket_dir() -> None:
     workdir = short_tmpdir()
     workdir.chmod(0o755)
@@ -278,3 +282,65 @@ def test_state_dir_is_created_private(tmp_path: Path) -> None:
     prepare_state_dir(target)
     assert target.is_dir()
     assert target.stat().st_mode & 0o777 == 0o700
+
+
+#: Makes ``cuprumd._native`` fail to import the way a broken build does (an
+#: ImportError that is not "module not found").
+BREAK_NATIVE = (
+    "import sys, importlib.abc\n"
+    "class _Broken(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'cuprumd._native':\n"
+    "            raise ImportError('undefined symbol: PyInit_x', name=name)\n"
+    "sys.meta_path.insert(0, _Broken())\n"
+)
+
+
+@pytest.mark.parametrize("backend", ["auto", "python"])
+def test_a_broken_extension_is_one_event_and_one_line(backend: str) -> None:
+    daemon = start_daemon({"stream_backend": backend}, prelude=BREAK_NATIVE, wait=False)
+    try:
+        assert daemon.proc.wait(15) == 1
+        lines = daemon.log().splitlines()
+        plain = [line for line in lines if not line.startswith("{")]
+        assert len(plain) == 1, plain
+        assert plain[0].startswith("cuprumd: cannot start: ")
+        assert "cuprumd._native" in plain[0]
+        assert "undefined symbol" in plain[0]
+        events = [e["event"] for e in daemon.events()]
+        assert ("stream_backend.broken" if backend == "auto" else "spawner.broken") in (
+            events
+        )
+        assert "daemon.ready" not in events
+        assert not daemon.socket_path.exists()
+    finally:
+        daemon.close()
+
+
+@pytest.mark.parametrize("mode", ["strict", "exec"])
+def test_a_kernel_without_the_landlock_abi_refuses_the_sandbox(mode: str) -> None:
+    daemon = start_daemon(
+        {"stream_backend": "python", "sandbox": mode},
+        prelude="import cuprumd.engine.sandbox as s\ns.landlock_abi = lambda: 5\n",
+        wait=False,
+    )
+    try:
+        assert daemon.proc.wait(15) == 78
+        log = daemon.log()
+        assert "configuration error" in log
+        assert f'sandbox = "{mode}"' in log
+        assert "ABI 5" in log
+        assert not daemon.socket_path.exists()
+    finally:
+        daemon.close()
+
+
+def test_sandbox_off_is_a_warning_at_start() -> None:
+    daemon = start_daemon({"stream_backend": "python", "sandbox": "off"})
+    try:
+        events = {e["event"]: e for e in daemon.events()}
+        assert events["sandbox.off"]["level"] == "warning"
+        assert "sandbox.configured" not in events
+    finally:
+        daemon.terminate()
+        daemon.close()
