@@ -120,6 +120,33 @@ def round_trip_times(path: Path, count: int) -> list[float]:
         conn.close()
 
 
+def sandbox_round_trips(count: int, rounds: int = 5) -> dict[str, Any]:
+    """``true`` RTT p50 with ``sandbox = "strict"`` and ``"off"`` against
+    ``posix_spawn``, the three measured in turns so noise hits them alike."""
+    samples: dict[str, list[float]] = {"spawn": [], "off": [], "strict": []}
+    with (
+        daemon("auto", "auto", sandbox="off") as (off, _),
+        daemon("auto", "auto", sandbox="strict") as (strict, _),
+    ):
+        per_round = max(count // rounds, 20)
+        for _ in range(rounds):
+            samples["spawn"] += spawn_true_times(per_round)
+            samples["off"] += round_trip_times(off, per_round)
+            samples["strict"] += round_trip_times(strict, per_round)
+    spawn_p50 = statistics.median(samples["spawn"])
+    return {
+        "spawn_p50_ms": spawn_p50 * 1000,
+        **{
+            f"{mode}_p50_ms": statistics.median(samples[mode]) * 1000
+            for mode in ("off", "strict")
+        },
+        **{
+            f"{mode}_vs_spawn": statistics.median(samples[mode]) / spawn_p50
+            for mode in ("off", "strict")
+        },
+    }
+
+
 def jobs_per_second(path: Path, clients: int, seconds: float) -> float:
     done = [0] * clients
     stop = time.monotonic() + seconds
@@ -241,6 +268,20 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
             ],
         )
     )
+    sandboxed = sandbox_round_trips(count)
+    print("\nThe sandbox's cost: one-stage `true` RTT p50, interleaved runs\n")
+    print(
+        table(
+            [sandboxed],
+            [
+                ("spawn_p50_ms", "posix_spawn ms", ".3f"),
+                ("off_p50_ms", "sandbox off ms", ".3f"),
+                ("off_vs_spawn", "off / spawn (≤ 1.5)", ".2f"),
+                ("strict_p50_ms", "strict ms", ".3f"),
+                ("strict_vs_spawn", "strict / spawn (≤ 2.0)", ".2f"),
+            ],
+        )
+    )
     print(f"\nDaemon RSS during 64 concurrent {big >> 20} MiB pipelines (< 200 MiB):\n")
     print(
         table(
@@ -258,5 +299,6 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
         "spawn_p50_ms": spawn_p50 * 1000,
         "spawn_rate": rate_ref,
         "rows": rows,
+        "sandbox": sandboxed,
         "rss": load,
     }

@@ -135,10 +135,10 @@ class _Run:
         )  # fmt: skip
         try:
             cgroup = None
-            if options.cgroups is not None and self.job_id is not None:
-                cgroup = options.cgroups.create(self.job_id)
-            if options.scratch is not None and self.job_id is not None:
-                self.scratch = options.scratch.create(self.job_id)
+            if options.cgroups is not None:
+                cgroup = options.cgroups.acquire()
+            if options.scratch is not None:
+                self.scratch = options.scratch.acquire()
         except OSError as exc:
             self.error = f"cannot prepare the job: {exc.strerror} ({exc.filename})"
             return
@@ -245,10 +245,9 @@ class _Run:
                 self.kill_timer.cancel()
             if streams is not None:
                 streams.close()
-            if group is not None:
-                await group.close()
+            contained = group is not None and await group.close()
             if self.scratch is not None:
-                self.scratch.close()
+                self.scratch.release(reusable=contained)
 
     def kill_now(self, state: JobState) -> None:
         """Skip the grace period: the caller itself is being torn down."""

@@ -198,7 +198,7 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="surrogateescape")
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path | str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())
@@ -227,9 +227,9 @@ def _is_populated(cgroup: Path) -> bool:
         return False
 
 
-def _kill(cgroup: Path) -> None:
+def _kill(kill_file: Path | str) -> None:
     try:
-        _write(cgroup / "cgroup.kill", "1")
+        _write(kill_file, "1")
     except OSError as exc:
         if exc.errno not in _GONE:
             raise
@@ -274,19 +274,29 @@ class JobCgroup:
     outside it and nothing it forks can be missed.
     """
 
-    def __init__(self, path: Path, procs_fd: int) -> None:
+    def __init__(
+        self, path: Path, procs_fd: int, pool: JobCgroups | None = None
+    ) -> None:
         self.path = path
         self.procs_fd = procs_fd
+        self._pool = pool
+        # Paths kept as strings: kill and populated run once per job.
+        self._kill_file = str(path / "cgroup.kill")
+        self._events_file = str(path / "cgroup.events")
         self._closed = False
         self._removed = False
 
     def kill(self) -> None:
         """SIGKILL everything in the job, ``setsid`` escapees included."""
-        _kill(self.path)
+        _kill(self._kill_file)
 
     def populated(self) -> bool:
         """Whether any process of the job is still alive (zombies aside)."""
-        return _is_populated(self.path)
+        try:
+            with open(self._events_file, "rb") as events:
+                return _populated(events.read().decode())
+        except FileNotFoundError:
+            return False
 
     def pids(self) -> list[int]:
         """Every process of the job, including any in cgroups it made."""
@@ -299,33 +309,46 @@ class JobCgroup:
         if self._closed:
             return False
         self._closed = True
+        self._kill_quietly()
+        return True
+
+    def _kill_quietly(self) -> None:
         try:
             self.kill()
         except OSError as exc:
             _log.error("cgroup.kill_failed", path=str(self.path), error=str(exc))
+
+    def _finish(self, *, emptied: bool) -> bool:
+        if emptied and self._pool is not None and self._pool.recycle(self):
+            return True
         if self.procs_fd >= 0:
             os.close(self.procs_fd)
             self.procs_fd = -1
-        return True
-
-    def _finish(self, *, emptied: bool) -> bool:
         if emptied:
             self._removed = _remove_tree(self.path)
         if not self._removed:
             _log.warning("cgroup.left_behind", path=str(self.path), emptied=emptied)
         return self._removed
 
+    def rearm(self) -> None:
+        """Make an emptied cgroup ready for its next job (pool use only)."""
+        self._closed = False
+
     async def aclose(self) -> bool:
-        """Kill the job, then remove its cgroup once empty, without blocking
-        the event loop while it empties.
+        """Kill the job, then remove its cgroup once empty (or hand it back
+        to its pool), without blocking the event loop while it empties.
 
         ``cgroup.events`` signals changes with POLLPRI, which an event loop's
         readers do not watch, so it is polled. False when the cgroup did not
         empty in time: it is left for the next start's clean-up. Idempotent;
         a repeat call returns the first one's outcome so far.
         """
-        if not self._begin_close():
+        if self._closed:
             return self._removed
+        self._closed = True
+        if not self.populated():  # the usual case: the sweep left nothing
+            return self._finish(emptied=True)
+        self._kill_quietly()
         for delay in _poll_delays(_EMPTY_TIMEOUT):
             if not self.populated():
                 return self._finish(emptied=True)
@@ -361,6 +384,9 @@ class JobCgroups:
         self.reaped_stale = reaped_stale
         self._subtree_path = subtree_path
         self._limits = limits
+        self._free: list[JobCgroup] = []
+        self._slots = 0
+        self._closing = False
 
     @classmethod
     def open(
@@ -455,6 +481,35 @@ class JobCgroups:
             raise
         return JobCgroup(path, fd)
 
+    def acquire(self) -> JobCgroup:
+        """An empty cgroup for the next job: a recycled one when there is
+        one (creating and removing a cgroup costs more than the job of
+        ``true`` itself), else a new slot. ``aclose`` gives it back.
+
+        Slots forbid sub-cgroups (``cgroup.max.descendants`` = 0), so an
+        emptied slot is truly empty. Raises ``OSError`` like ``create``.
+        """
+        if self._free:
+            job = self._free.pop()
+            job.rearm()
+            return job
+        self._slots += 1
+        job = self.create(f"slot-{self._slots}")
+        try:
+            _write(job.path / "cgroup.max.descendants", "0")
+        except OSError:
+            job.close()
+            raise
+        job._pool = self
+        return job
+
+    def recycle(self, job: JobCgroup) -> bool:
+        """Take back an emptied slot; False at shutdown (remove it then)."""
+        if self._closing:
+            return False
+        self._free.append(job)
+        return True
+
     def owns_pid(self, pid: int) -> bool:
         """Whether ``pid`` belongs to one of our jobs, so that jobs cannot
         submit jobs.
@@ -470,6 +525,12 @@ class JobCgroups:
 
     def close(self) -> bool:
         """Remove the subtree at shutdown; False (and left) if jobs remain."""
+        self._closing = True
+        free, self._free = self._free, []
+        for job in free:
+            job._pool = None
+            job.rearm()
+            job.close()
         try:
             self.subtree.rmdir()
         except FileNotFoundError:
@@ -524,7 +585,7 @@ def _reap_stale(subtree: Path) -> int:
     stale = [entry for entry in subtree.iterdir() if entry.is_dir()]
     if not stale:
         return 0
-    _kill(subtree)
+    _kill(subtree / "cgroup.kill")
     _wait_empty(subtree, _EMPTY_TIMEOUT)
     return sum(_remove_tree(entry) for entry in stale)
 

@@ -179,16 +179,19 @@ class ProcessGroup:
                 os.waitid(os.P_PIDFD, fd, os.WEXITED)
             close_quietly(fd)
 
-    async def close(self) -> None:
+    async def close(self) -> bool:
         """Wait for every stage, sweep, and release the cgroup.
 
         The one close contract: whatever happened before, after this no
-        process of the job runs, no zombie of it remains, and its pidfds
-        and cgroup are gone.
+        stage runs, no zombie of the job remains, and its pidfds and cgroup
+        are released. True when the kernel vouches that nothing of the job
+        is left at all (its cgroup emptied); without a cgroup, a ``setsid``
+        descendant may have escaped the sweep, so False.
         """
         if self.exits:
             await asyncio.wait(self.exits)
         self.sweep()
-        if self._cgroup is not None:
-            cgroup, self._cgroup = self._cgroup, None
-            await cgroup.aclose()
+        if self._cgroup is None:
+            return False
+        cgroup, self._cgroup = self._cgroup, None
+        return await cgroup.aclose()

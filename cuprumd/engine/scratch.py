@@ -3,7 +3,7 @@
 Some text tools need a file of their own: ``sort`` spills large inputs,
 ``tac`` copies a pipe before reversing it. Under the sandbox a stage may
 write nothing by name, so each job gets one directory that only its own
-ruleset opens, removed with everything in it when the job ends.
+ruleset opens, emptied or removed when the job ends.
 """
 
 from __future__ import annotations
@@ -17,16 +17,30 @@ __all__ = ["JobScratch", "ScratchSpace"]
 
 
 class JobScratch:
-    """One job's directory; ``close`` removes it (idempotent)."""
+    """One job's directory, owned by the job until ``release``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, space: ScratchSpace, path: Path) -> None:
         self.path = path
-        self._open = True
+        self._space = space
+        self._held = True
 
-    def close(self) -> None:
-        """Remove the directory and whatever the job left in it."""
-        if self._open:
-            self._open = False
+    def release(self, *, reusable: bool) -> None:
+        """Hand the directory back (idempotent).
+
+        ``reusable`` means every process of the job is certainly gone (its
+        cgroup emptied): an empty directory then serves the next job as it
+        is. Otherwise it is removed: Landlock rules name inodes, so a
+        leftover process of this job cannot follow the path to a new one.
+        """
+        if not self._held:
+            return
+        self._held = False
+        if reusable:
+            with os.scandir(self.path) as entries:
+                reusable = next(entries, None) is None
+        if reusable:
+            self._space.recycle(self.path)
+        else:
             shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -46,13 +60,23 @@ class ScratchSpace:
             self.base.mkdir(mode=0o700, parents=True)
         else:
             self.base = Path(tempfile.mkdtemp(prefix="cuprumd-scratch-"))
+        self._free: list[Path] = []
+        self._made = 0
 
-    def create(self, job_id: str) -> JobScratch:
-        """A new, empty directory for ``job_id`` (mode 0700)."""
-        path = self.base / job_id
+    def acquire(self) -> JobScratch:
+        """An empty directory (mode 0700) for the next job."""
+        if self._free:
+            return JobScratch(self, self._free.pop())
+        self._made += 1
+        path = self.base / f"job-{self._made}"
         os.mkdir(path, 0o700)
-        return JobScratch(path)
+        return JobScratch(self, path)
+
+    def recycle(self, path: Path) -> None:
+        """Take back an empty directory whose job is certainly over."""
+        self._free.append(path)
 
     def close(self) -> None:
         """Remove every scratch directory (at shutdown)."""
+        self._free.clear()
         shutil.rmtree(self.base, ignore_errors=True)

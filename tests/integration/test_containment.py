@@ -149,6 +149,37 @@ def test_cwd_outside_readable_paths_is_a_bad_request(python_daemon: Daemon) -> N
     assert run(python_daemon, ["true"], cwd="/usr")["state"] == "succeeded"
 
 
+def test_tools_that_need_a_temporary_file_get_a_private_tmpdir(
+    daemon: Daemon,
+) -> None:
+    lines = "".join(f"{n}\n" for n in range(200_000))
+    result = run(daemon, ["cat"], ["tac"], stdin=lines)  # tac copies a pipe
+    assert result["state"] == "succeeded", result
+    assert result["stdout"].split("\n", 1)[0] == "199999"
+    spill = run(daemon, ["sort", "-S", "64K", "-n", "-r"], stdin=lines)
+    assert spill["state"] == "succeeded", spill
+    assert spill["stdout"].split("\n", 1)[0] == "199999"
+
+
+def test_one_jobs_tmpdir_is_closed_to_every_other_job(daemon: Daemon) -> None:
+    with daemon.connect() as conn:
+        owner = job(["sh", "-c", 'echo secret > "$TMPDIR/s"; echo "$TMPDIR"; sleep 5'])
+        conn.send({"id": 1, "op": "submit", "job": owner})
+        job_id = conn.read()["result"]["job_id"]
+        try:
+            assert wait_for(lambda: len(daemon.children()) == 1)
+            time.sleep(0.3)
+            mine = run(daemon, ["sh", "-c", 'echo "$TMPDIR"; ls -A "$TMPDIR"'])
+            own_dir, listing = (mine["stdout"].split("\n") + [""])[:2]
+            assert listing == ""  # a fresh job starts with an empty TMPDIR
+            [secret] = Path(own_dir).parent.glob("*/s")  # seen as root, not a job
+            others = run(daemon, ["cat", str(secret)])
+            assert others["stdout"] == ""
+            assert "Permission denied" in others["stages"][0]["stderr"]
+        finally:
+            conn.request({"id": 2, "op": "cancel", "job_id": job_id})
+
+
 # -- the environment -------------------------------------------------------------
 
 

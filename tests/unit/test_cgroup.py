@@ -567,3 +567,35 @@ def test_an_unprivileged_daemon_degrades_with_a_reason(parent_cgroup: Path) -> N
     assert result.stdout.startswith("True "), result.stdout
     assert "not writable" in result.stdout
     assert not (parent_cgroup / "cuprumd-t").exists()
+
+
+@pytest.mark.usefixtures("subreaper")
+def test_a_slot_is_recycled_only_once_empty_and_removed_at_shutdown(
+    own_dir: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    cgroups = _open(own_dir)
+    first = cgroups.acquire()
+    proc, sleeps = _start_escapees(first, spawned)
+    fd = first.procs_fd
+
+    assert asyncio.run(first.aclose())
+
+    assert proc.wait(timeout=5) == -signal.SIGKILL
+    assert all(_killed(pid) for pid in sleeps)
+    again = cgroups.acquire()
+    assert again is first  # the emptied slot, with its cgroup.procs still open
+    assert again.procs_fd == fd
+    assert not again.populated()
+    other = cgroups.acquire()
+    assert other.path != first.path
+    with pytest.raises(OSError):  # a slot cannot grow sub-cgroups to hide in
+        (first.path / "hideout").mkdir()
+    assert asyncio.run(again.aclose())
+    assert asyncio.run(other.aclose())
+    assert first.path.exists()
+
+    assert cgroups.close()
+
+    assert not first.path.exists()
+    assert not other.path.exists()
+    assert not cgroups.subtree.exists()

@@ -1,0 +1,58 @@
+"""Per-job scratch directories: private, empty for each job, never shared
+with a job whose processes might still be alive."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from cuprumd.engine.scratch import ScratchSpace
+
+
+def test_a_job_gets_a_private_empty_directory_and_a_used_one_is_removed(
+    tmp_path: Path,
+) -> None:
+    space = ScratchSpace(tmp_path)
+    job = space.acquire()
+    assert job.path.parent == tmp_path / "scratch"
+    assert stat.S_IMODE(job.path.stat().st_mode) == 0o700
+    assert list(job.path.iterdir()) == []
+    (job.path / "spill").write_text("data")
+
+    job.release(reusable=True)  # not empty: removed, never handed on
+
+    assert not job.path.exists()
+    fresh = space.acquire()
+    assert fresh.path != job.path
+    assert list(fresh.path.iterdir()) == []
+
+
+def test_an_empty_directory_is_reused_only_when_the_job_is_certainly_over(
+    tmp_path: Path,
+) -> None:
+    space = ScratchSpace(tmp_path)
+    contained = space.acquire()
+    contained.release(reusable=True)
+    assert space.acquire().path == contained.path
+
+    uncertain = space.acquire()
+    uncertain.release(reusable=False)  # a setsid escapee may still hold it
+    assert not uncertain.path.exists()
+    assert space.acquire().path != uncertain.path
+
+
+def test_release_is_idempotent_and_close_removes_everything(tmp_path: Path) -> None:
+    space = ScratchSpace(None)
+    job = space.acquire()
+    job.release(reusable=True)
+    job.release(reusable=False)  # a second release changes nothing
+    assert job.path.exists()
+    space.close()
+    assert not space.base.exists()
+
+
+def test_leftovers_of_an_earlier_daemon_are_removed_at_start(tmp_path: Path) -> None:
+    (tmp_path / "scratch" / "job-1").mkdir(parents=True)
+    (tmp_path / "scratch" / "job-1" / "old").write_text("x")
+    space = ScratchSpace(tmp_path)
+    assert list(space.base.iterdir()) == []
