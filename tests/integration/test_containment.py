@@ -169,9 +169,9 @@ def test_one_jobs_tmpdir_is_closed_to_every_other_job(daemon: Daemon) -> None:
         try:
             assert wait_for(lambda: len(daemon.children()) == 1)
             time.sleep(0.3)
-            mine = run(daemon, ["sh", "-c", 'echo "$TMPDIR"; ls -A "$TMPDIR"'])
-            own_dir, listing = (mine["stdout"].split("\n") + [""])[:2]
-            assert listing == ""  # a fresh job starts with an empty TMPDIR
+            mine = run(daemon, ["sh", "-c", 'echo "$TMPDIR"; cd "$TMPDIR" && echo *'])
+            own_dir, listing, _ = mine["stdout"].split("\n")
+            assert listing == "*"  # the glob matched nothing: an empty TMPDIR
             [secret] = Path(own_dir).parent.glob("*/s")  # seen as root, not a job
             others = run(daemon, ["cat", str(secret)])
             assert others["stdout"] == ""
