@@ -117,46 +117,63 @@ class _Run:
 
     # -- spawning ---------------------------------------------------------
     def spawn(self) -> None:
-        """Start every stage in one new process group, or none at all."""
-        job, options = self.job, self.options
-        stdin = job.stdin_bytes()
+        """Start every stage in one new process group, or none at all.
+
+        Whatever fails leaves ``error`` set and every part made so far in
+        the hands of its owner (``Streams``, ``ProcessGroup``, the scratch
+        directory), whose close contract ``settle`` then runs.
+        """
+        stdin = self.job.stdin_bytes()
         try:
-            links = open_plumbing(
-                len(job.stages), with_stdin=stdin is not None,
-                pipe_size=options.pump_buffer_size,
-            )  # fmt: skip
+            streams, group = self._prepare(with_stdin=stdin is not None)
+            self._start_stages(streams, group)
         except SpawnError as exc:
             self.error = str(exc)
+            if self.group is not None:
+                self.group.signal(signal.SIGKILL)
             return
-        self.streams = Streams(
+        streams.start(stdin)
+
+    def _prepare(self, *, with_stdin: bool) -> tuple[Streams, ProcessGroup]:
+        options = self.options
+        links = open_plumbing(
+            len(self.job.stages), with_stdin=with_stdin,
+            pipe_size=options.pump_buffer_size,
+        )  # fmt: skip
+        self.streams = streams = Streams(
             self.loop, links, self.backend,
             max_output_bytes=options.max_output_bytes,
             buffer_size=options.pump_buffer_size, job_id=self.job_id,
         )  # fmt: skip
         try:
-            cgroup = None
-            if options.cgroups is not None:
-                cgroup = options.cgroups.acquire()
+            cgroup = None if options.cgroups is None else options.cgroups.acquire()
+            launcher = options.launcher or choose_launcher()[1]
+            self.group = group = ProcessGroup(
+                self.loop, launcher, cgroup, options.process_index
+            )
             if options.scratch is not None:
                 self.scratch = options.scratch.acquire()
         except OSError as exc:
-            self.error = f"cannot prepare the job: {exc.strerror} ({exc.filename})"
-            return
-        launcher = options.launcher or choose_launcher()[1]
-        self.group = group = ProcessGroup(
-            self.loop, launcher, cgroup, options.process_index
-        )
+            msg = f"cannot prepare the job: {exc.strerror} ({exc.filename})"
+            raise SpawnError(msg) from exc
+        return streams, group
+
+    def _start_stages(self, streams: Streams, group: ProcessGroup) -> None:
+        options = self.options
         tmpdir = None if self.scratch is None else str(self.scratch.path)
-        env = child_env(job.env, tmpdir=tmpdir)
-        ruleset = None
+        env = child_env(self.job.env, tmpdir=tmpdir)
         try:
-            if options.sandbox is not None:
-                ruleset = options.sandbox.ruleset(tmpdir)
-            contained = Containment(
-                ruleset_fd=None if ruleset is None else ruleset.fd,
-                rlimits=options.rlimits,
+            ruleset = (
+                None if options.sandbox is None else options.sandbox.ruleset(tmpdir)
             )
-            for i, stage in enumerate(job.stages):
+        except OSError as exc:
+            msg = f"cannot build the job's sandbox: {exc.strerror}"
+            raise SpawnError(msg) from exc
+        contained = Containment(
+            ruleset_fd=None if ruleset is None else ruleset.fd, rlimits=options.rlimits
+        )
+        try:
+            for i, stage in enumerate(self.job.stages):
                 program = (
                     self.executables[i]
                     if self.executables
@@ -164,28 +181,18 @@ class _Run:
                 )
                 group.start(
                     StageLaunch(
-                        program, stage.argv, env, links.child_fds(i),
-                        process_group=group.pgid or 0, cwd=job.cwd,
-                        cgroup_procs_fd=group.cgroup_procs_fd,
-                        containment=contained,
+                        program, stage.argv, env, streams.plumbing.child_fds(i),
+                        process_group=group.pgid or 0, cwd=self.job.cwd,
+                        cgroup_procs_fd=group.cgroup_procs_fd, containment=contained,
                     )
                 )  # fmt: skip
                 group.exits[i].add_done_callback(
                     functools.partial(self._on_stage_exit, i)
                 )
-                links.release_child_fds(i)
-        except (SpawnError, OSError) as exc:
-            self.error = (
-                str(exc)
-                if isinstance(exc, SpawnError)
-                else f"cannot build the job's sandbox: {exc.strerror}"
-            )
-            group.signal(signal.SIGKILL)
-            return
+                streams.plumbing.release_child_fds(i)
         finally:
             if ruleset is not None:
                 ruleset.close()
-        self.streams.start(stdin)
 
     # -- termination ------------------------------------------------------
     def terminate(self, state: JobState | None) -> None:
