@@ -236,31 +236,34 @@ class _Run:
         """Wait for the stages, sweep what they left, drain, close.
 
         The sweep comes before the drain: a background child holding a
-        pipe open would otherwise keep the job alive after its stages.
+        pipe open would otherwise keep the job alive after its stages. If
+        the awaiting task is cancelled, the job is killed at once, and its
+        reaping still completes (shielded) before the cancellation goes on.
         """
         group, streams = self.group, self.streams
         try:
             if group is not None and group.exits:
-                # wait(), unlike gather(), never cancels the futures it watches:
-                # a cancelled caller must still see every stage reaped.
+                # wait(), unlike gather(), never cancels the futures it watches.
                 await asyncio.wait(group.exits)
                 group.sweep()
             if streams is not None:
                 await streams.drain(self.options.kill_grace_seconds + 1.0)
+        except asyncio.CancelledError:
+            self.terminate(JobState.CANCELLED)
+            if group is not None:
+                group.signal(signal.SIGKILL)
+            raise
         finally:
             if self.kill_timer is not None:
                 self.kill_timer.cancel()
             if streams is not None:
                 streams.close()
-            contained = group is not None and await group.close()
-            if self.scratch is not None:
-                self.scratch.release(reusable=contained)
+            await asyncio.shield(self._release())
 
-    def kill_now(self, state: JobState) -> None:
-        """Skip the grace period: the caller itself is being torn down."""
-        self.terminate(state)
-        if self.group is not None:
-            self.group.signal(signal.SIGKILL)
+    async def _release(self) -> None:
+        contained = self.group is not None and await self.group.close()
+        if self.scratch is not None:
+            self.scratch.release(reusable=contained)
 
     # -- result -------------------------------------------------------------
     def _pump_failed(self, index: int, failure: BaseException) -> None:
@@ -333,13 +336,8 @@ async def execute(
         backend = resolve_stream_backend(backend)
     started, t0 = now_iso(), time.monotonic()
     run = _Run(job, options, backend, job_id, executables)
-    try:
-        run.spawn()
-        await run.wait(cancel)
-    except asyncio.CancelledError:
-        run.kill_now(JobState.CANCELLED)
-        await asyncio.shield(run.settle())
-        raise
+    run.spawn()
+    await run.wait(cancel)
     return run.result(started, t0)
 
 

@@ -150,8 +150,10 @@ def test_cancel_mid_transfer(stream_backend: StreamBackend) -> None:
 
 def test_cancelling_the_task_reaps_everything(stream_backend: StreamBackend) -> None:
     async def scenario() -> None:
+        # An hour: if cancelling waited for the stages instead of killing
+        # them, the test would run into pytest's timeout.
         task = asyncio.create_task(
-            run_async(stream_backend, job(["yes"], ["sleep", "30"]))
+            run_async(stream_backend, job(["yes"], ["sleep", "3600"]))
         )
         await asyncio.sleep(0.3)
         task.cancel()
