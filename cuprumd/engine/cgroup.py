@@ -12,20 +12,36 @@ Layout, under the daemon's own cgroup::
     <own>/cuprumd-<tag>.daemon     the daemon itself, only when it had to
                                    leave <own> to enable memory/pids limits
 
-Parsing and the decisions are pure functions; the classes do the I/O.
+The cgroupfs parsing and file operations are in ``cgroupfs``, and passing
+controllers down is ``cgroup_controllers``'s; this module holds the
+daemon's layout and the classes that do the work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import re
-import time
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from cuprumd.engine.cgroup_controllers import enable_controllers
+from cuprumd.engine.cgroupfs import (
+    _cgroup2_mounts,
+    _cgroup_dir,
+    _cgroup_path_of,
+    _kill,
+    _poll_delays,
+    _populated,
+    _procs,
+    _read,
+    _remove_tree,
+    _wait_empty,
+    _within,
+    _write,
+    find_cgroup2_mount,
+    own_cgroup_path,
+)
 from cuprumd.logging import get_logger
 
 __all__ = ["JobCgroup", "JobCgroups", "find_cgroup2_mount", "own_cgroup_path"]
@@ -33,13 +49,10 @@ __all__ = ["JobCgroup", "JobCgroups", "find_cgroup2_mount", "own_cgroup_path"]
 _log = get_logger("cuprumd.engine.cgroup")
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 #: A killed job's cgroup usually empties within a millisecond; a stage in
 #: uninterruptible sleep can hold it longer, and then the next start's
 #: clean-up removes it rather than a job's end waiting on it.
 _EMPTY_TIMEOUT = 2.0
-#: Errors that mean the cgroup is already gone (ENODEV: removed while open).
-_GONE = (errno.ENOENT, errno.ENODEV)
 
 
 @dataclass(frozen=True)
@@ -48,222 +61,6 @@ class _Limit:
     controller: str
     filename: str
     value: int
-
-
-# --- pure parsing and decisions -------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _cgroup2_mounts(mountinfo: str) -> list[tuple[str, str]]:
-    """``(root, mount point)`` of each cgroup2 mount still visible.
-
-    ``root`` is the part of the hierarchy that is mounted there: ``/`` for
-    the whole of it, a cgroup path for a bind mount of a subtree. A later
-    mount on the same point hides an earlier one.
-    """
-    found: dict[str, str] = {}
-    for line in mountinfo.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-        except ValueError:
-            continue
-        point = _unescape(fields[4])
-        found.pop(point, None)
-        if len(fields) > sep + 1 and fields[sep + 1] == "cgroup2":
-            found[point] = _unescape(fields[3])
-    return [(root, point) for point, root in found.items()]
-
-
-def find_cgroup2_mount(mountinfo: str) -> str | None:
-    """Where the cgroup v2 hierarchy is mounted, from ``/proc/self/mountinfo``.
-
-    Its place varies (``/sys/fs/cgroup`` on a pure v2 system,
-    ``/sys/fs/cgroup/unified`` on a hybrid one), so it is looked up, never
-    assumed. A mount of the whole hierarchy is preferred over a bind mount
-    of part of it.
-    """
-    mounts = _cgroup2_mounts(mountinfo)
-    for root, point in mounts:
-        if root == "/":
-            return point
-    return mounts[0][1] if mounts else None
-
-
-def own_cgroup_path(proc_cgroup: str) -> str | None:
-    """The v2 cgroup path in a ``/proc/<pid>/cgroup`` text (its ``0::`` line).
-
-    None on a v1-only system, where the line is absent.
-    """
-    for line in proc_cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "" and path.startswith("/"):
-            return path.removesuffix(" (deleted)")
-    return None
-
-
-def _relative(path: str, root: str) -> str | None:
-    if root == "/":
-        return path.lstrip("/")
-    if path == root:
-        return ""
-    if path.startswith(root + "/"):
-        return path[len(root) + 1 :]
-    return None
-
-
-def _cgroup_dir(mounts: Iterable[tuple[str, str]], cgroup_path: str) -> Path | None:
-    for root, point in mounts:
-        rel = _relative(cgroup_path, root)
-        if rel is not None:
-            return Path(point, rel)
-    return None
-
-
-def _cgroup_path_of(mounts: Iterable[tuple[str, str]], directory: Path) -> str | None:
-    for root, point in mounts:
-        if directory.is_relative_to(point):
-            return str(PurePosixPath(root) / directory.relative_to(point))
-    return None
-
-
-def _within(proc_cgroup: str, subtree_path: str) -> bool:
-    """Whether the process whose ``/proc/<pid>/cgroup`` this is lies in
-    ``subtree_path`` (the subtree itself or below it, not a sibling that
-    merely shares its name as a prefix)."""
-    path = own_cgroup_path(proc_cgroup)
-    if path is None:
-        return False
-    return path == subtree_path or path.startswith(subtree_path.rstrip("/") + "/")
-
-
-def _populated(events: str) -> bool:
-    for line in events.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "populated":
-            return value.strip() == "1"
-    return False
-
-
-def _plan_controllers(
-    controllers: Iterable[str],
-    own_available: frozenset[str],
-    own_enabled: frozenset[str],
-) -> tuple[str, ...]:
-    """Which wanted controllers to add to our own ``cgroup.subtree_control``.
-
-    A controller reaches a job's cgroup only through every ancestor's
-    ``cgroup.subtree_control``. Ours may add what our parent hands us
-    (``cgroup.controllers``); what the parent withholds no write of ours
-    can get, so it is not tried.
-    """
-    return tuple(
-        name
-        for name in dict.fromkeys(controllers)
-        if name in own_available and name not in own_enabled
-    )
-
-
-def _may_leave_own(own_procs: Iterable[int], own_pid: int) -> bool:
-    """Whether the daemon may move itself out of its own cgroup.
-
-    A cgroup with processes in it cannot pass controllers down (the kernel's
-    no-internal-process rule), so to enable limits the daemon steps into a
-    leaf of its own. It does so only when it is alone there (systemd's
-    delegated unit): moving away from processes someone else put beside it
-    would take it out from under whatever manages them. ``cgroup.procs``
-    lists thread groups, so the daemon's threads count once.
-    """
-    return set(own_procs) == {own_pid}
-
-
-def _poll_delays(timeout: float) -> Iterator[float]:
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while time.monotonic() < deadline:
-        yield delay
-        delay = min(delay * 2, 0.02)
-
-
-# --- I/O -------------------------------------------------------------------
-
-
-def _read(path: Path) -> str:
-    """Text of a kernel file; cgroup names are bytes, and any that are not
-    UTF-8 must still map back to the same directory."""
-    return path.read_text(encoding="utf-8", errors="surrogateescape")
-
-
-def _write(path: Path | str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
-def _words(path: Path) -> frozenset[str]:
-    try:
-        return frozenset(_read(path).split())
-    except FileNotFoundError:
-        return frozenset()
-
-
-def _procs(cgroup: Path) -> list[int]:
-    try:
-        return [int(word) for word in _read(cgroup / "cgroup.procs").split()]
-    except FileNotFoundError:
-        return []
-
-
-def _is_populated(cgroup: Path) -> bool:
-    try:
-        return _populated(_read(cgroup / "cgroup.events"))
-    except FileNotFoundError:
-        return False
-
-
-def _kill(kill_file: Path | str) -> None:
-    try:
-        _write(kill_file, "1")
-    except OSError as exc:
-        if exc.errno not in _GONE:
-            raise
-
-
-def _wait_empty(cgroup: Path, timeout: float) -> bool:
-    for delay in _poll_delays(timeout):
-        if not _is_populated(cgroup):
-            return True
-        time.sleep(delay)
-    return not _is_populated(cgroup)
-
-
-def _remove_tree(cgroup: Path) -> bool:
-    """rmdir a cgroup and any it holds, deepest first: cgroupfs has no
-    recursive removal, and a job may have made cgroups of its own."""
-    for dirpath, _dirs, _files in os.walk(cgroup, topdown=False):
-        try:
-            os.rmdir(dirpath)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
-    return not cgroup.exists()
-
-
-def _enable(cgroup: Path, controller: str) -> int:
-    """0 once ``controller`` is passed to the children of ``cgroup``, else
-    the errno (EBUSY: processes in ``cgroup`` itself stand in the way)."""
-    try:
-        _write(cgroup / "cgroup.subtree_control", f"+{controller}")
-    except OSError as exc:
-        return exc.errno or errno.EIO
-    return 0
 
 
 class JobCgroup:
@@ -446,7 +243,7 @@ class JobCgroups:
             return None, why_not
 
         reaped = _reap_stale(subtree)
-        enabled = _enable_controllers(
+        enabled = enable_controllers(
             own_dir,
             subtree,
             [limit.controller for limit in wanted],
@@ -588,41 +385,3 @@ def _reap_stale(subtree: Path) -> int:
     _kill(subtree / "cgroup.kill")
     _wait_empty(subtree, _EMPTY_TIMEOUT)
     return sum(_remove_tree(entry) for entry in stale)
-
-
-def _enable_controllers(
-    own: Path,
-    subtree: Path,
-    controllers: list[str],
-    *,
-    own_pid: int,
-    leaf: Path,
-) -> frozenset[str]:
-    """Pass the wanted controllers down to job cgroups; return those that
-    made it. Anything short of that is a limit not applied, never an error.
-    """
-    if not controllers:
-        return frozenset()
-    to_enable = _plan_controllers(
-        controllers,
-        _words(own / "cgroup.controllers"),
-        _words(own / "cgroup.subtree_control"),
-    )
-    blocked = [name for name in to_enable if _enable(own, name) == errno.EBUSY]
-    if blocked and _may_leave_own(_procs(own), own_pid):
-        try:
-            leaf.mkdir(exist_ok=True)
-            _write(leaf / "cgroup.procs", str(own_pid))
-        except OSError as exc:
-            _log.warning("cgroup.self_move_failed", leaf=str(leaf), error=str(exc))
-        else:
-            _log.info("cgroup.self_moved", leaf=str(leaf))
-            for name in blocked:
-                _enable(own, name)
-    ready = _words(subtree / "cgroup.subtree_control")
-    available = _words(subtree / "cgroup.controllers")
-    return frozenset(
-        name
-        for name in controllers
-        if name in ready or (name in available and _enable(subtree, name) == 0)
-    )

@@ -321,7 +321,9 @@ def test_a_broken_extension_is_one_event_and_one_line(backend: str) -> None:
 def test_a_kernel_without_the_landlock_abi_refuses_the_sandbox(mode: str) -> None:
     daemon = start_daemon(
         {"stream_backend": "python", "sandbox": mode},
-        prelude="import cuprumd.engine.sandbox as s\ns.landlock_abi = lambda: 5\n",
+        prelude=(
+            "import cuprumd.engine.sandbox.rulesets as r\nr.landlock_abi = lambda: 5\n"
+        ),
         wait=False,
     )
     try:

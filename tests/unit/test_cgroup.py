@@ -25,17 +25,18 @@ import pytest
 from cuprumd.engine.cgroup import (
     JobCgroup,
     JobCgroups,
+    _Limit,
+    _locate_own,
+    find_cgroup2_mount,
+    own_cgroup_path,
+)
+from cuprumd.engine.cgroup_controllers import _may_leave_own, _plan_controllers
+from cuprumd.engine.cgroupfs import (
     _cgroup2_mounts,
     _cgroup_dir,
     _cgroup_path_of,
-    _Limit,
-    _locate_own,
-    _may_leave_own,
-    _plan_controllers,
     _populated,
     _within,
-    find_cgroup2_mount,
-    own_cgroup_path,
 )
 
 REPO = Path(__file__).resolve().parents[2]

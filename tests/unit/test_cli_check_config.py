@@ -14,6 +14,7 @@ import pytest
 from cuprumd import backend
 from cuprumd.cli import main
 from cuprumd.engine import sandbox
+from cuprumd.engine.sandbox import rulesets
 from cuprumd.errors import EX_CONFIG
 
 
@@ -178,12 +179,19 @@ def test_missing_writable_path_exits_78(
     assert "writable_paths: " in capsys.readouterr().err
 
 
+def fake_landlock_abi(monkeypatch: pytest.MonkeyPatch, abi: int) -> None:
+    """Fake the kernel's ABI where the report reads it (``sandbox.landlock_abi``
+    in cli.py) and where the sandbox is built (``rulesets``)."""
+    monkeypatch.setattr(sandbox, "landlock_abi", lambda: abi)
+    monkeypatch.setattr(rulesets, "landlock_abi", lambda: abi)
+
+
 @pytest.mark.parametrize("mode", ["strict", "exec"])
 def test_kernel_without_landlock_exits_78_naming_the_way_out(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mode: str
 ) -> None:
     monkeypatch.setenv("CUPRUM_SANDBOX", mode)
-    monkeypatch.setattr(sandbox, "landlock_abi", lambda: 4)
+    fake_landlock_abi(monkeypatch, 4)
     assert main(["check-config"]) == EX_CONFIG
     captured = capsys.readouterr()
     assert f"sandbox: {mode} (Landlock ABI 4 found, 6 needed)" in captured.out
@@ -195,7 +203,7 @@ def test_kernel_without_landlock_is_fine_when_the_sandbox_is_off(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("CUPRUM_SANDBOX", "off")
-    monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
+    fake_landlock_abi(monkeypatch, 0)
     status, doc = run_json(capsys)
     assert status == 0
     assert doc["sandbox"]["landlock_abi"] == 0

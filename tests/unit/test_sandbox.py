@@ -15,20 +15,23 @@ import pytest
 
 from cuprumd.engine import sandbox
 from cuprumd.engine.sandbox import (
-    FS_EXECUTE,
-    FS_READ_DIR,
-    FS_READ_FILE,
-    FS_WRITE_FILE,
     REQUIRED_ABI,
     SandboxPolicy,
     build_policy,
     create_ruleset,
     elf_interpreter,
+    landlock,
     landlock_abi,
     policy_rules,
     restrict_self,
     risky_programs,
     shebang_interpreter,
+)
+from cuprumd.engine.sandbox.landlock import (
+    FS_EXECUTE,
+    FS_READ_DIR,
+    FS_READ_FILE,
+    FS_WRITE_FILE,
 )
 from cuprumd.errors import ConfigError
 from cuprumd.settings import DEFAULT_PROGRAMS
@@ -234,7 +237,9 @@ def test_strict_reads_system_paths_that_exist_and_configured_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = str(tmp_path / "nope")
-    monkeypatch.setattr(sandbox, "SYSTEM_READ_PATHS", ("/usr", "/etc", missing))
+    monkeypatch.setattr(
+        "cuprumd.engine.sandbox.policy.SYSTEM_READ_PATHS", ("/usr", "/etc", missing)
+    )
     data = tmp_path / "data"
     data.mkdir()
     policy = build_policy("strict", [CAT], readable_paths=[data])
@@ -375,11 +380,11 @@ def test_strict_rules_let_programs_be_loaded_and_system_paths_read() -> None:
 
 
 def test_rights_grow_with_the_abi() -> None:
-    assert sandbox.fs_rights_for_abi(0) == 0
-    assert sandbox.fs_rights_for_abi(1) == (1 << 13) - 1
-    assert sandbox.fs_rights_for_abi(3) & sandbox.FS_TRUNCATE
-    assert not sandbox.fs_rights_for_abi(4) & sandbox.FS_IOCTL_DEV
-    assert sandbox.fs_rights_for_abi(7) == sandbox.FS_ALL
+    assert landlock.fs_rights_for_abi(0) == 0
+    assert landlock.fs_rights_for_abi(1) == (1 << 13) - 1
+    assert landlock.fs_rights_for_abi(3) & landlock.FS_TRUNCATE
+    assert not landlock.fs_rights_for_abi(4) & landlock.FS_IOCTL_DEV
+    assert landlock.fs_rights_for_abi(7) == landlock.FS_ALL
 
 
 # ----------------------------------------------------------------------- risky
@@ -400,7 +405,7 @@ def test_the_default_allowlist_holds_nothing_risky() -> None:
 @pytest.fixture
 def fake_abi(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     def set_abi(abi: int) -> None:
-        monkeypatch.setattr(sandbox, "landlock_abi", lambda: abi)
+        monkeypatch.setattr("cuprumd.engine.sandbox.rulesets.landlock_abi", lambda: abi)
 
     return set_abi
 
