@@ -64,6 +64,7 @@ def spawn_stage(
     process_group: int = 0,
     cwd: bytes | None = None,
     cgroup_procs_fd: int | None = None,
+    user: tuple[int, int] | None = None,
     landlock_ruleset_fd: int | None = None,
     rlimits: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...] = (),
     parent_death_signal: bool = True,
@@ -76,7 +77,8 @@ def spawn_stage(
     allowed); all others are closed in the child, none in the caller. Before
     exec the child resets every signal disposition, leads
     (``process_group=0``) or joins a process group, writes ``"0"`` to
-    ``cgroup_procs_fd``, gets SIGKILL as parent-death signal (tied to the
+    ``cgroup_procs_fd``, switches to ``user`` (``(uid, gid)``, no
+    supplementary groups), gets SIGKILL as parent-death signal (tied to the
     calling *thread*), applies ``rlimits`` (``(resource, soft, hard)``, -1
     for ``RLIM_INFINITY``), changes to ``cwd`` and restricts itself with
     ``landlock_ruleset_fd``. The caller owns the close-on-exec pidfd and

@@ -9,7 +9,9 @@ decision. ``Guard`` owns them for the daemon's life and closes them once.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import os
+import pwd
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cuprumd.engine.cgroup import JobCgroups
@@ -18,13 +20,16 @@ from cuprumd.engine.limits import stage_rlimits
 from cuprumd.engine.processes import JobProcessIndex, read_proc_stat
 from cuprumd.engine.sandbox import Sandbox, SandboxPolicy, build_policy, open_sandbox
 from cuprumd.engine.scratch import ScratchSpace
-from cuprumd.errors import StartupError
+from cuprumd.errors import ConfigError, StartupError
 from cuprumd.logging import get_logger
+from cuprumd.peers import Peer
 from cuprumd.settings import Settings
 
 __all__ = ["Guard", "instance_tag", "prepare_guard"]
 
 _log = get_logger("cuprumd.containment")
+_CAP_SETGID = 6
+_CAP_SETUID = 7
 
 
 def instance_tag(socket: str) -> str:
@@ -47,17 +52,26 @@ class Guard:
     launcher_name: LauncherName
     launcher: Launcher
     rlimits: tuple[tuple[int, int, int], ...]
+    job_user: tuple[int, int] | None = None
     cgroups: JobCgroups | None = None
     index: JobProcessIndex = field(default_factory=JobProcessIndex)
 
-    def is_job_process(self, pid: int) -> bool:
-        """Whether ``pid`` belongs to a running job (it may not act with
-        the daemon's identity through the socket)."""
-        if pid <= 0:
-            return False
-        if self.cgroups is not None and self.cgroups.owns_pid(pid):
+    def is_job_peer(self, peer: Peer) -> bool:
+        """Whether a connection comes from a job (which may not act with
+        the daemon's identity through the socket).
+
+        The job user's uid settles it; otherwise the peer's cgroup or
+        process group. A peer whose process is already gone cannot be
+        checked, and counts as a job: a job's child could otherwise connect,
+        hand the socket on and exit before the check.
+        """
+        if self.job_user is not None and peer.uid == self.job_user[0]:
             return True
-        return self.index.owns(pid, read_proc_stat)
+        if peer.pid <= 0 or not os.path.exists(f"/proc/{peer.pid}"):
+            return True
+        if self.cgroups is not None and self.cgroups.owns_pid(peer.pid):
+            return True
+        return self.index.owns(peer.pid, read_proc_stat)
 
     def open_cgroups(self, settings: Settings, socket: str) -> None:
         """Take over this daemon's job cgroup subtree, reaping leftovers.
@@ -103,6 +117,70 @@ class Guard:
             self.cgroups = None
 
 
+def decide_job_user(
+    setting: str | None,
+    *,
+    euid: int,
+    may_switch: bool,
+    lookup: Callable[[str], tuple[int, int]],
+) -> tuple[int, int] | None:
+    """The ``(uid, gid)`` stages run as, or None for the daemon's own.
+
+    A daemon running as root never runs jobs as root: Landlock does not
+    mediate ``chmod``, ``chown`` or raw sockets, and a job with uid 0 owns
+    every system file. Without ``job_user`` such a daemon runs them as
+    ``nobody``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown user, root, or a switch the daemon may not make.
+    """
+    if setting is None:
+        if euid != 0:
+            return None
+        setting = "nobody"
+    try:
+        uid, gid = lookup(setting)
+    except KeyError:
+        msg = f"job_user: no user {setting!r} on this system"
+        raise ConfigError(msg) from None
+    if uid == 0:
+        msg = "job_user: jobs must not run as root; name an unprivileged user"
+        raise ConfigError(msg)
+    if uid == euid:
+        return None
+    if not may_switch:
+        msg = (
+            f"job_user = {setting!r} needs the daemon to run as root or with "
+            "CAP_SETUID and CAP_SETGID; unset it to run jobs as the daemon's user"
+        )
+        raise ConfigError(msg)
+    return uid, gid
+
+
+def _lookup_user(name: str) -> tuple[int, int]:
+    if name.isdigit():
+        try:
+            entry = pwd.getpwuid(int(name))
+        except KeyError:
+            return int(name), int(name)
+    else:
+        entry = pwd.getpwnam(name)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _may_switch_user() -> bool:
+    if os.geteuid() == 0:
+        return True
+    wanted = (1 << _CAP_SETGID) | (1 << _CAP_SETUID)
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16) & wanted == wanted
+    return False
+
+
 def prepare_guard(
     settings: Settings, executables: Iterable[str], *, nofile_soft: int
 ) -> Guard:
@@ -142,12 +220,24 @@ def prepare_guard(
         )
     else:
         _log.info("sandbox.configured", abi=sandbox.abi, **policy.describe())
+    job_user = decide_job_user(
+        settings.job_user,
+        euid=os.geteuid(),
+        may_switch=_may_switch_user(),
+        lookup=_lookup_user,
+    )
+    _log.info(
+        "job_user.selected",
+        uid=os.geteuid() if job_user is None else job_user[0],
+        gid=os.getegid() if job_user is None else job_user[1],
+        switched=job_user is not None,
+    )
     try:
-        scratch = ScratchSpace(settings.state_dir)
+        scratch = ScratchSpace(settings.state_dir, owner=job_user)
     except OSError as exc:
         if sandbox is not None:
             sandbox.close()
         msg = f"cannot create the jobs' scratch space: {exc.strerror} ({exc.filename})"
         raise StartupError(msg) from None
     rlimits = stage_rlimits(nofile_soft, settings.job_rlimits)
-    return Guard(policy, sandbox, scratch, launcher_name, launcher, rlimits)
+    return Guard(policy, sandbox, scratch, launcher_name, launcher, rlimits, job_user)

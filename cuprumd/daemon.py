@@ -68,6 +68,7 @@ def _make_runner(settings: Settings, backend: StreamBackend, guard: Guard) -> Ru
     options = pipeline.RunOptions.from_settings(
         settings,
         rlimits=guard.rlimits,
+        user=guard.job_user,
         sandbox=guard.sandbox,
         scratch=guard.scratch,
         launcher=guard.launcher,

@@ -72,6 +72,7 @@ class RunOptions:
     kill_grace_seconds: float = 5.0
     pump_buffer_size: int = 1 << 20
     rlimits: tuple[tuple[int, int, int], ...] = ()
+    user: tuple[int, int] | None = None
     sandbox: Sandbox | None = None
     scratch: ScratchSpace | None = None
     launcher: Launcher | None = None
@@ -170,7 +171,9 @@ class _Run:
             msg = f"cannot build the job's sandbox: {exc.strerror}"
             raise SpawnError(msg) from exc
         contained = Containment(
-            ruleset_fd=None if ruleset is None else ruleset.fd, rlimits=options.rlimits
+            ruleset_fd=None if ruleset is None else ruleset.fd,
+            rlimits=options.rlimits,
+            user=options.user,
         )
         try:
             for i, stage in enumerate(self.job.stages):

@@ -186,14 +186,14 @@ class Server:
     async def _converse(self, conn: Connection) -> None:
         settings = self._settings
         refusal = None
-        if not is_peer_allowed(
+        if self._guard.is_job_peer(conn.peer):
+            refusal = "jobs cannot submit jobs"
+        elif not is_peer_allowed(
             conn.peer, settings.allowed_uids, settings.allowed_gids, os.getuid()
         ):
             refusal = (
                 f"uid {conn.peer.uid} / gid {conn.peer.gid} may not use this daemon"
             )
-        elif self._guard.is_job_process(conn.peer.pid):
-            refusal = "jobs cannot submit jobs"
         while not self._closing:
             try:
                 frame = await conn.next_frame()

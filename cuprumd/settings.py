@@ -125,6 +125,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: Path | None = None
     sandbox: SandboxMode = "strict"
+    job_user: str | None = None
     readable_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     writable_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     job_env_deny: Annotated[list[str], NoDecode] = Field(

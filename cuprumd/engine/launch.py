@@ -55,6 +55,7 @@ _STEP_MESSAGES: Mapping[str, str] = {
     "exec": "cannot execute {program}",
     "chdir": "cannot change directory to {cwd}",
     "cgroup": "cannot put {program} into the job's cgroup",
+    "credentials": "cannot run {program} as the job user",
     "landlock": "cannot sandbox {program}",
     "rlimit": "cannot set the job rlimits for {program}",
     "setpgid": "cannot put {program} into the job's process group",
@@ -67,15 +68,17 @@ _STEP_MESSAGES: Mapping[str, str] = {
 
 @dataclass(frozen=True)
 class Containment:
-    """The daemon-wide part of every stage's pre-exec steps.
+    """The job-wide part of every stage's pre-exec steps.
 
-    ``ruleset_fd`` is the Landlock ruleset (owned by the daemon, shared by
-    every stage); ``rlimits`` are ``(resource, soft, hard)`` triples, the
-    descriptor limit the daemon was started with among them.
+    ``ruleset_fd`` is the job's Landlock ruleset (closed by the runner once
+    its stages have started); ``rlimits`` are ``(resource, soft, hard)``
+    triples, the descriptor limit the daemon was started with among them;
+    ``user`` is the ``(uid, gid)`` stages run as, ``None`` for the daemon's.
     """
 
     ruleset_fd: int | None = None
     rlimits: tuple[tuple[int, int, int], ...] = ()
+    user: tuple[int, int] | None = None
     parent_death_signal: bool = True
 
 
@@ -113,7 +116,8 @@ class Launcher(Protocol):
 def _spawn_error(stage: StageLaunch, exc: OSError, step: str) -> SpawnError:
     template = _STEP_MESSAGES.get(step, "cannot start {program}")
     what = template.format(program=repr(stage.argv[0]), cwd=repr(stage.cwd))
-    return SpawnError(f"{what}: {exc.strerror} ({errno_name(exc.errno)})")
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return SpawnError(f"{what}: {reason} ({errno_name(exc.errno)})")
 
 
 class _NativeSpawn(Protocol):
@@ -127,6 +131,7 @@ class _NativeSpawn(Protocol):
         process_group: int = ...,
         cwd: bytes | None = ...,
         cgroup_procs_fd: int | None = ...,
+        user: tuple[int, int] | None = ...,
         landlock_ruleset_fd: int | None = ...,
         rlimits: list[tuple[int, int, int]] = ...,
         parent_death_signal: bool = ...,
@@ -144,6 +149,7 @@ def _native_launcher(spawn: _NativeSpawn) -> Launcher:
                 process_group=stage.process_group,
                 cwd=None if stage.cwd is None else stage.cwd.encode(),
                 cgroup_procs_fd=stage.cgroup_procs_fd,
+                user=stage.containment.user,
                 landlock_ruleset_fd=stage.containment.ruleset_fd,
                 rlimits=list(stage.containment.rlimits),
                 parent_death_signal=stage.containment.parent_death_signal,
@@ -198,6 +204,12 @@ def _child_steps(stage: StageLaunch, parent: int, report: int) -> None:
         if stage.cgroup_procs_fd is not None:
             step = "cgroup"
             os.write(stage.cgroup_procs_fd, b"0")
+        if containment.user is not None:
+            step = "credentials"
+            uid, gid = containment.user
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
         if containment.parent_death_signal:
             step = "pdeathsig"
             _tie_to_parent(parent)

@@ -3,17 +3,32 @@
 Some text tools need a file of their own: ``sort`` spills large inputs,
 ``tac`` copies a pipe before reversing it. Under the sandbox a stage may
 write nothing by name, so each job gets one directory that only its own
-ruleset opens, emptied or removed when the job ends.
+ruleset opens.
+
+What a job leaves there is the job's to shape: millions of files, a tree
+thousands of levels deep, odd modes. So a used directory is first renamed
+out of the way (one system call), then removed by ``rm -rf`` on a worker
+thread: never on the event loop, never by recursion in the daemon, and a
+failure costs disk space, not the daemon.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import queue
 import shutil
+import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
+from cuprumd.logging import get_logger
+
 __all__ = ["JobScratch", "ScratchSpace"]
+
+_log = get_logger("cuprumd.scratch")
+_RM = shutil.which("rm", path="/usr/bin:/bin") or "/bin/rm"
 
 
 class JobScratch:
@@ -23,25 +38,29 @@ class JobScratch:
         self.path = path
         self._space = space
         self._held = True
+        self._stamp = os.stat(path).st_ctime_ns
 
     def release(self, *, reusable: bool) -> None:
         """Hand the directory back (idempotent).
 
-        ``reusable`` means every process of the job is certainly gone (its
-        cgroup emptied): an empty directory then serves the next job as it
-        is. Otherwise it is removed: Landlock rules name inodes, so a
-        leftover process of this job cannot follow the path to a new one.
+        It serves the next job as it is only if ``reusable`` (every process
+        of this job is certainly gone: its cgroup emptied) and the job left
+        no trace: its status-change time moves with every entry made or
+        removed and every change of mode, owner or extended attribute.
+        Otherwise it is discarded; Landlock rules name inodes, so a leftover
+        process cannot follow the path into the directory that replaces it.
         """
         if not self._held:
             return
         self._held = False
-        if reusable:
-            with os.scandir(self.path) as entries:
-                reusable = next(entries, None) is None
-        if reusable:
+        try:
+            untouched = os.stat(self.path).st_ctime_ns == self._stamp
+        except OSError:
+            untouched = False
+        if reusable and untouched:
             self._space.recycle(self.path)
         else:
-            shutil.rmtree(self.path, ignore_errors=True)
+            self._space.discard(self.path)
 
 
 class ScratchSpace:
@@ -49,34 +68,75 @@ class ScratchSpace:
 
     Under ``state_dir`` when there is one (disk, not memory: a big ``sort``
     spills there), else a private directory made at start-up in the
-    system's temporary directory. Either way mode 0700 and owned by the
-    daemon; leftovers of an earlier instance are removed at start.
+    system's temporary directory. Either way owned by the daemon, mode 0700
+    (0711 when jobs run as another user, who must pass through it); each
+    job's directory is 0700 and belongs to the user jobs run as.
     """
 
-    def __init__(self, state_dir: Path | None) -> None:
-        if state_dir is not None:
-            self.base = state_dir / "scratch"
-            shutil.rmtree(self.base, ignore_errors=True)
-            self.base.mkdir(mode=0o700, parents=True)
-        else:
-            self.base = Path(tempfile.mkdtemp(prefix="cuprumd-scratch-"))
+    def __init__(
+        self, state_dir: Path | None, *, owner: tuple[int, int] | None = None
+    ) -> None:
+        self._owner = owner
         self._free: list[Path] = []
-        self._made = 0
+        self._names = itertools.count(1)
+        self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._remover = threading.Thread(
+            target=self._remove_forever, name="scratch-remover", daemon=True
+        )
+        self._remover.start()
+        if state_dir is None:
+            self.base = Path(tempfile.mkdtemp(prefix="cuprumd-scratch-"))
+        else:
+            self.base = state_dir / "scratch"
+            if self.base.exists():  # an earlier instance's: out of the way first
+                self.discard(self.base)
+            self.base.mkdir(mode=0o700)
+        if owner is not None:  # the job user passes through, without listing
+            self.base.chmod(0o711)
 
     def acquire(self) -> JobScratch:
-        """An empty directory (mode 0700) for the next job."""
+        """An empty directory (mode 0700, the job user's) for the next job."""
         if self._free:
             return JobScratch(self, self._free.pop())
-        self._made += 1
-        path = self.base / f"job-{self._made}"
+        path = self.base / f"job-{next(self._names)}"
         os.mkdir(path, 0o700)
+        if self._owner is not None:
+            os.chown(path, *self._owner)
         return JobScratch(self, path)
 
     def recycle(self, path: Path) -> None:
-        """Take back an empty directory whose job is certainly over."""
+        """Take back an untouched directory whose job is certainly over."""
         self._free.append(path)
 
-    def close(self) -> None:
-        """Remove every scratch directory (at shutdown)."""
+    def discard(self, path: Path) -> None:
+        """Rename ``path`` aside now; remove it on the worker thread."""
+        trash = path.with_name(f".trash-{next(self._names)}-{path.name}")
+        try:
+            path.rename(trash)
+        except OSError as exc:
+            _log.warning("scratch.unremovable", path=str(path), error=str(exc))
+            return
+        self._doomed.put(trash)
+
+    def _remove_forever(self) -> None:
+        while (path := self._doomed.get()) is not None:
+            result = subprocess.run(
+                [_RM, "-rf", "--one-file-system", "--", str(path)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                _log.warning(
+                    "scratch.unremovable",
+                    path=str(path),
+                    error=result.stderr.decode(errors="replace").strip(),
+                )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Remove every scratch directory (at shutdown), waiting at most
+        ``timeout`` seconds for the worker."""
         self._free.clear()
-        shutil.rmtree(self.base, ignore_errors=True)
+        self.discard(self.base)
+        self._doomed.put(None)
+        self._remover.join(timeout)

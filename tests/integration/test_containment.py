@@ -387,6 +387,7 @@ def test_jobs_cannot_submit_jobs(stream_backend: StreamBackend) -> None:
             "programs": [SYSTEM_PYTHON],
             "sandbox": "exec",
             "stream_backend": str(stream_backend),
+            "socket_mode": "0666",  # the job can connect: the peer check refuses
         },
         workdir=workdir,
     )
@@ -430,6 +431,24 @@ def daemon_backend(daemon: Daemon) -> str:
     reply = ok(daemon.request({"id": 0, "op": "ping"}))
     backend: str = reply["stream_backend"]
     return backend
+
+
+def test_stages_never_run_as_root(python_daemon: Daemon) -> None:
+    marker = f"{30 + os.getpid() % 50}.{time.monotonic_ns() % 1000}"
+    with python_daemon.connect() as conn:
+        conn.send({"id": 1, "op": "submit", "job": job(["sleep", marker])})
+        job_id = conn.read()["result"]["job_id"]
+        try:
+            assert wait_for(lambda: len(sleepers(marker)) == 1)
+            [stage] = sleepers(marker)
+            status = Path(f"/proc/{stage}/status").read_text().splitlines()
+            uids = next(line for line in status if line.startswith("Uid:")).split()
+            caps = next(line for line in status if line.startswith("CapEff:"))
+            expected = 65534 if daemon_uid() == 0 else daemon_uid()
+            assert uids[1:] == [str(expected)] * 4
+            assert caps.split()[1] == "0000000000000000"
+        finally:
+            conn.request({"id": 2, "op": "cancel", "job_id": job_id})
 
 
 def test_the_daemon_user_is_the_one_under_test(python_daemon: Daemon) -> None:

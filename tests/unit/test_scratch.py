@@ -3,10 +3,23 @@ with a job whose processes might still be alive."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
 from cuprumd.engine.scratch import ScratchSpace
+
+
+def nest(top: Path, depth: int) -> None:
+    """``depth`` directories inside each other, made without recursion (or
+    path lengths) getting in the way."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
 
 
 def test_a_job_gets_a_private_empty_directory_and_a_used_one_is_removed(
@@ -56,3 +69,33 @@ def test_leftovers_of_an_earlier_daemon_are_removed_at_start(tmp_path: Path) -> 
     (tmp_path / "scratch" / "job-1" / "old").write_text("x")
     space = ScratchSpace(tmp_path)
     assert list(space.base.iterdir()) == []
+
+
+def test_a_directory_whose_metadata_changed_is_not_handed_on(tmp_path: Path) -> None:
+    space = ScratchSpace(tmp_path)
+    job = space.acquire()
+    job.path.chmod(0o777)  # what a job may do to its own directory
+    job.release(reusable=True)
+    assert not job.path.exists()
+    fresh = space.acquire()
+    assert fresh.path != job.path
+    assert stat.S_IMODE(fresh.path.stat().st_mode) == 0o700
+
+
+def test_any_tree_a_job_leaves_is_removed_off_the_caller(tmp_path: Path) -> None:
+    space = ScratchSpace(tmp_path)
+    job = space.acquire()
+    nest(job.path, 3000)  # deeper than Python's recursion limit
+    job.release(reusable=True)
+    assert not job.path.exists()
+    space.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_restart_clears_a_tree_that_would_break_recursion(tmp_path: Path) -> None:
+    (tmp_path / "scratch" / "job-1").mkdir(parents=True)
+    nest(tmp_path / "scratch" / "job-1", 3000)
+    space = ScratchSpace(tmp_path)
+    assert list(space.base.iterdir()) == []
+    space.close()
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,8 @@ use pyo3::prelude::*;
 /// 2 (any numbers, repeats allowed); every other descriptor is closed in the
 /// child, and the caller's stay open. Before exec the child resets all signal
 /// dispositions, leads (``process_group=0``) or joins a process group, writes
-/// ``"0"`` to ``cgroup_procs_fd``, sets a SIGKILL parent-death signal tied to
+/// ``"0"`` to ``cgroup_procs_fd``, switches to ``user`` (``(uid, gid)``,
+/// supplementary groups dropped), sets a SIGKILL parent-death signal tied to
 /// the *calling thread*, applies ``rlimits`` (``(resource, soft, hard)``,
 /// -1 meaning ``RLIM_INFINITY``), changes directory, and restricts itself
 /// with ``landlock_ruleset_fd``. The caller owns the returned pidfd
@@ -40,12 +41,14 @@ use pyo3::prelude::*;
         process_group = 0,
         cwd = None,
         cgroup_procs_fd = None,
+        user = None,
         landlock_ruleset_fd = None,
         rlimits = Vec::new(),
         parent_death_signal = true,
     ),
     text_signature = "(program, argv, envp, stdio, *, process_group=0, cwd=None, \
-        cgroup_procs_fd=None, landlock_ruleset_fd=None, rlimits=(), parent_death_signal=True)"
+        cgroup_procs_fd=None, user=None, landlock_ruleset_fd=None, rlimits=(), \
+        parent_death_signal=True)"
 )]
 #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
 pub(crate) fn spawn_stage(
@@ -57,6 +60,7 @@ pub(crate) fn spawn_stage(
     process_group: i32,
     cwd: Option<Vec<u8>>,
     cgroup_procs_fd: Option<RawFd>,
+    user: Option<(u32, u32)>,
     landlock_ruleset_fd: Option<RawFd>,
     rlimits: Vec<(i32, Rlim, Rlim)>,
     parent_death_signal: bool,
@@ -79,6 +83,7 @@ pub(crate) fn spawn_stage(
         process_group,
         cwd: cwd.as_deref(),
         cgroup_procs_fd,
+        credentials: user,
         landlock_ruleset_fd,
         rlimits: &rlimits,
         parent_death_signal,

@@ -63,6 +63,7 @@ pub(crate) struct ChildContext<'a> {
     pub process_group: libc::pid_t,
     pub cwd: Option<*const c_char>,
     pub cgroup_procs_fd: Option<c_int>,
+    pub credentials: Option<(libc::uid_t, libc::gid_t)>,
     pub landlock_ruleset_fd: Option<c_int>,
     pub rlimits: &'a [(c_int, libc::rlim_t, libc::rlim_t)],
     pub parent_death_signal: bool,
@@ -108,6 +109,17 @@ unsafe fn prepare_and_exec(ctx: &ChildContext<'_>) -> (SpawnStep, c_int) {
             1 => {}
             -1 => return failed(SpawnStep::Cgroup),
             _ => return (SpawnStep::Cgroup, libc::EIO),
+        }
+    }
+
+    // (3b) Become the job user: groups first, then gid, then uid (after the
+    // uid change the rights to change the others are gone).
+    if let Some((uid, gid)) = ctx.credentials {
+        if libc::setgroups(0, ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
+            return failed(SpawnStep::Credentials);
         }
     }
 

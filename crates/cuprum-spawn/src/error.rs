@@ -14,6 +14,8 @@ pub enum SpawnStep {
     Setpgid,
     /// Writing `"0"` to the job cgroup's `cgroup.procs`.
     Cgroup,
+    /// Dropping supplementary groups and switching gid and uid.
+    Credentials,
     /// `PR_SET_PDEATHSIG`, or the daemon was already gone (`ESRCH`).
     Pdeathsig,
     /// Moving the stage's descriptors to 0, 1 and 2, or closing the rest.
@@ -38,6 +40,7 @@ impl SpawnStep {
         match self {
             Self::Setpgid => "setpgid",
             Self::Cgroup => "cgroup",
+            Self::Credentials => "credentials",
             Self::Pdeathsig => "pdeathsig",
             Self::Stdio => "stdio",
             Self::Rlimit => "rlimit",
@@ -54,6 +57,7 @@ impl SpawnStep {
         match self {
             Self::Setpgid => "cannot set the process group",
             Self::Cgroup => "cannot join the job cgroup",
+            Self::Credentials => "cannot switch to the job user",
             Self::Pdeathsig => "cannot set the parent-death signal",
             Self::Stdio => "cannot set up the file descriptors",
             Self::Rlimit => "cannot set rlimit",
@@ -196,6 +200,7 @@ mod tests {
         let steps = [
             SpawnStep::Setpgid,
             SpawnStep::Cgroup,
+            SpawnStep::Credentials,
             SpawnStep::Pdeathsig,
             SpawnStep::Stdio,
             SpawnStep::Rlimit,

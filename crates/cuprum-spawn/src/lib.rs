@@ -51,6 +51,11 @@ pub struct SpawnRequest<'a> {
     /// A descriptor of a cgroup's `cgroup.procs`, open for writing: the
     /// child writes `"0"` to it and so joins the cgroup before `execve`.
     pub cgroup_procs_fd: Option<RawFd>,
+    /// `(uid, gid)` to run as: the child drops its supplementary groups and
+    /// sets all three gids, then all three uids (after joining the cgroup,
+    /// which needs the caller's rights, and before the parent-death signal,
+    /// which a change of credentials clears).
+    pub credentials: Option<(libc::uid_t, libc::gid_t)>,
     /// A Landlock ruleset: the child sets `PR_SET_NO_NEW_PRIVS` and
     /// restricts itself with it before `execve` (so the ruleset also decides
     /// whether `program` may be executed).
@@ -81,6 +86,7 @@ impl<'a> SpawnRequest<'a> {
             process_group: 0,
             cwd: None,
             cgroup_procs_fd: None,
+            credentials: None,
             landlock_ruleset_fd: None,
             rlimits: &[],
             parent_death_signal: true,
@@ -116,6 +122,7 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
         process_group: req.process_group,
         cwd: req.cwd.map(CStr::as_ptr),
         cgroup_procs_fd: req.cgroup_procs_fd,
+        credentials: req.credentials,
         landlock_ruleset_fd: req.landlock_ruleset_fd,
         rlimits: req.rlimits,
         parent_death_signal: req.parent_death_signal,

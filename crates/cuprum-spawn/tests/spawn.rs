@@ -323,6 +323,62 @@ fn an_impossible_rlimit_fails_at_rlimit() {
     assert!(err.to_string().starts_with("cannot set rlimit: "));
 }
 
+fn status_words(pid: libc::pid_t, name: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} in status"));
+    line[name.len()..]
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn credentials_switch_every_id_and_drop_the_groups() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // Only root may switch; what an unprivileged caller gets is below.
+        let program = cstring("/bin/true");
+        let argv = cstrings(&["true"]);
+        let envp = env();
+        let mut req = SpawnRequest::new(&program, &argv, &envp, [0, 1, 2]);
+        req.credentials = Some((65534, 65534));
+        let err = spawn_err(&req);
+        assert_eq!((err.step, err.errno), (SpawnStep::Credentials, libc::EPERM));
+        return;
+    }
+    let child = sleeper(|req| req.credentials = Some((65534, 65533)));
+    assert_eq!(status_words(child.pid, "Uid:"), ["65534"; 4]);
+    assert_eq!(status_words(child.pid, "Gid:"), ["65533"; 4]);
+    assert!(status_words(child.pid, "Groups:").is_empty());
+    assert_eq!(status_words(child.pid, "CapEff:"), ["0000000000000000"]);
+    assert_eq!(kill(&child), Exit::Signal(libc::SIGKILL));
+}
+
+#[test]
+fn the_parent_death_signal_survives_the_switch_of_credentials() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // the switch itself needs root; covered by the test above
+    }
+    let child = std::thread::spawn(|| {
+        sleeper(|req| {
+            req.credentials = Some((65534, 65534));
+            req.parent_death_signal = true;
+        })
+    })
+    .join()
+    .expect("spawning thread");
+    let died = ends_within(&child, 5000);
+    if !died {
+        kill(&child);
+    }
+    assert!(died, "the switch of credentials cleared the parent-death signal");
+    assert_eq!(wait(&child), Exit::Signal(libc::SIGKILL));
+}
+
 #[test]
 fn parent_death_signal_kills_the_child_when_the_spawning_thread_ends() {
     let child = std::thread::spawn(|| sleeper(|req| req.parent_death_signal = true))

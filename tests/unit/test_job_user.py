@@ -1,0 +1,51 @@
+"""Which user stages run as: never root, and only a switch the daemon may make."""
+
+from __future__ import annotations
+
+import pytest
+
+from cuprumd.containment import decide_job_user
+from cuprumd.errors import ConfigError
+
+USERS = {"nobody": (65534, 65534), "cuprum-job": (990, 980), "root": (0, 0)}
+
+
+def lookup(name: str) -> tuple[int, int]:
+    return USERS[name]
+
+
+def test_a_root_daemon_runs_jobs_as_nobody_unless_told_otherwise() -> None:
+    assert decide_job_user(None, euid=0, may_switch=True, lookup=lookup) == (
+        65534,
+        65534,
+    )
+    assert decide_job_user("cuprum-job", euid=0, may_switch=True, lookup=lookup) == (
+        990,
+        980,
+    )
+
+
+def test_an_unprivileged_daemon_runs_jobs_as_itself_by_default() -> None:
+    assert decide_job_user(None, euid=1000, may_switch=False, lookup=lookup) is None
+    assert (
+        decide_job_user("nobody", euid=65534, may_switch=False, lookup=lookup) is None
+    )
+
+
+def test_jobs_never_run_as_root() -> None:
+    with pytest.raises(ConfigError, match="must not run as root"):
+        decide_job_user("root", euid=0, may_switch=True, lookup=lookup)
+
+
+def test_an_unknown_user_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="no user 'ghost'"):
+        decide_job_user("ghost", euid=0, may_switch=True, lookup=lookup)
+
+
+def test_a_switch_the_daemon_cannot_make_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError, match="CAP_SETUID"):
+        decide_job_user("cuprum-job", euid=1000, may_switch=False, lookup=lookup)
+    assert decide_job_user("cuprum-job", euid=1000, may_switch=True, lookup=lookup) == (
+        990,
+        980,
+    )
