@@ -28,8 +28,6 @@ from cuprumd.settings import Settings
 __all__ = ["Guard", "instance_tag", "prepare_guard"]
 
 _log = get_logger("cuprumd.containment")
-_CAP_SETGID = 6
-_CAP_SETUID = 7
 
 
 def instance_tag(socket: str) -> str:
@@ -152,8 +150,9 @@ def decide_job_user(
         return None
     if not may_switch:
         msg = (
-            f"job_user = {setting!r} needs the daemon to run as root or with "
-            "CAP_SETUID and CAP_SETGID; unset it to run jobs as the daemon's user"
+            f"job_user = {setting!r} needs the daemon to run as root (it drops "
+            "every privilege in the stage); unset it to run jobs as the "
+            "daemon's own user"
         )
         raise ConfigError(msg)
     return uid, gid
@@ -168,17 +167,6 @@ def _lookup_user(name: str) -> tuple[int, int]:
     else:
         entry = pwd.getpwnam(name)
     return entry.pw_uid, entry.pw_gid
-
-
-def _may_switch_user() -> bool:
-    if os.geteuid() == 0:
-        return True
-    wanted = (1 << _CAP_SETGID) | (1 << _CAP_SETUID)
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16) & wanted == wanted
-    return False
 
 
 def prepare_guard(
@@ -220,11 +208,9 @@ def prepare_guard(
         )
     else:
         _log.info("sandbox.configured", abi=sandbox.abi, **policy.describe())
+    euid = os.geteuid()
     job_user = decide_job_user(
-        settings.job_user,
-        euid=os.geteuid(),
-        may_switch=_may_switch_user(),
-        lookup=_lookup_user,
+        settings.job_user, euid=euid, may_switch=euid == 0, lookup=_lookup_user
     )
     _log.info(
         "job_user.selected",
