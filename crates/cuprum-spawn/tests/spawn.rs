@@ -375,7 +375,10 @@ fn the_parent_death_signal_survives_the_switch_of_credentials() {
     if !died {
         kill(&child);
     }
-    assert!(died, "the switch of credentials cleared the parent-death signal");
+    assert!(
+        died,
+        "the switch of credentials cleared the parent-death signal"
+    );
     assert_eq!(wait(&child), Exit::Signal(libc::SIGKILL));
 }
 
