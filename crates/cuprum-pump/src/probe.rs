@@ -35,7 +35,7 @@ fn probe() -> io::Result<bool> {
         return Ok(false);
     }
     if !matches!(
-        sys::splice_nonblocking(from_r.as_fd(), to_w.as_fd(), 1),
+        sys::splice(from_r.as_fd(), to_w.as_fd(), 1),
         Ok(1)
     ) {
         return Ok(false);

@@ -50,29 +50,6 @@ pub(crate) fn splice(
     )
 }
 
-/// One non-blocking splice(2) of at most `len` bytes, never waited for or
-/// retried except after EINTR.
-pub(crate) fn splice_nonblocking(
-    reader: BorrowedFd<'_>,
-    writer: BorrowedFd<'_>,
-    len: usize,
-) -> io::Result<usize> {
-    retry(
-        // SAFETY: as in `splice`.
-        || unsafe {
-            libc::splice(
-                reader.as_raw_fd(),
-                ptr::null_mut(),
-                writer.as_raw_fd(),
-                ptr::null_mut(),
-                len,
-                libc::SPLICE_F_NONBLOCK,
-            )
-        },
-        || Err(io::Error::from_raw_os_error(libc::EAGAIN)),
-    )
-}
-
 /// A new non-blocking, close-on-exec pipe as `(read end, write end)`.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
