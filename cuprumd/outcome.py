@@ -130,8 +130,10 @@ def build_result(facts: Facts) -> JobResult:
         returncodes=facts.returncodes,
         downstream_closed=[t.downstream_closed for t in facts.transfers],
     )
+    # model_construct: every value comes from the runner, already of its
+    # type, and validating them again would cost each job's round trip.
     stages = [
-        StageResult(
+        StageResult.model_construct(
             argv=list(argv),
             pid=pid,
             exit_code=code if code is not None and code >= 0 else None,
@@ -144,7 +146,7 @@ def build_result(facts: Facts) -> JobResult:
         )
     ]
     transfers = [
-        TransferResult(
+        TransferResult.model_construct(
             from_stage=i,
             to_stage=i + 1,
             pump=t.pump,
@@ -153,7 +155,7 @@ def build_result(facts: Facts) -> JobResult:
         )
         for i, t in enumerate(facts.transfers)
     ]
-    return JobResult(
+    return JobResult.model_construct(
         job_id=facts.job_id,
         state=state,
         stream_backend=facts.backend,

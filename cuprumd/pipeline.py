@@ -30,7 +30,7 @@ from cuprumd.engine.environment import child_env
 from cuprumd.engine.launch import Containment, Launcher, StageLaunch, choose_launcher
 from cuprumd.engine.plumbing import SpawnError, open_plumbing
 from cuprumd.engine.processes import JobProcessIndex, ProcessGroup
-from cuprumd.engine.sandbox import Sandbox
+from cuprumd.engine.sandbox import Ruleset, Sandbox
 from cuprumd.engine.scratch import JobScratch, ScratchSpace
 from cuprumd.engine.streams import Streams
 from cuprumd.models import JobResult, JobSpec, JobState
@@ -161,12 +161,11 @@ class _Run:
 
     def _start_stages(self, streams: Streams, group: ProcessGroup) -> None:
         options = self.options
-        tmpdir = None if self.scratch is None else str(self.scratch.path)
+        scratch = self.scratch
+        tmpdir = None if scratch is None else str(scratch.path)
         env = child_env(self.job.env, tmpdir=tmpdir)
         try:
-            ruleset = (
-                None if options.sandbox is None else options.sandbox.ruleset(tmpdir)
-            )
+            ruleset, ours = self._job_ruleset()
         except OSError as exc:
             msg = f"cannot build the job's sandbox: {exc.strerror}"
             raise SpawnError(msg) from exc
@@ -194,8 +193,20 @@ class _Run:
                 )
                 streams.plumbing.release_child_fds(i)
         finally:
-            if ruleset is not None:
+            if ruleset is not None and ours:
                 ruleset.close()
+
+    def _job_ruleset(self) -> tuple[Ruleset | None, bool]:
+        """The job's ruleset, and whether the runner must close it: one that
+        opens a scratch directory stays with that directory."""
+        sandbox, scratch = self.options.sandbox, self.scratch
+        if sandbox is None:
+            return None, False
+        if scratch is None:
+            return sandbox.ruleset(None), True
+        if scratch.ruleset is None:
+            scratch.ruleset = sandbox.ruleset(str(scratch.path))
+        return scratch.ruleset, False
 
     # -- termination ------------------------------------------------------
     def terminate(self, state: JobState | None) -> None:

@@ -23,6 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from cuprumd.engine.sandbox import Ruleset
 from cuprumd.logging import get_logger
 
 __all__ = ["JobScratch", "ScratchSpace"]
@@ -32,10 +33,19 @@ _RM = shutil.which("rm", path="/usr/bin:/bin") or "/bin/rm"
 
 
 class JobScratch:
-    """One job's directory, owned by the job until ``release``."""
+    """One job's directory, owned by the job until ``release``.
 
-    def __init__(self, space: ScratchSpace, path: Path) -> None:
+    ``ruleset`` is the Landlock ruleset that opens this directory to the
+    job; it names the directory's inode, so it stays with the directory and
+    serves every job that reuses it (building one costs more than the rest
+    of starting a ``true``). The scratch space closes it with the directory.
+    """
+
+    def __init__(
+        self, space: ScratchSpace, path: Path, ruleset: Ruleset | None = None
+    ) -> None:
         self.path = path
+        self.ruleset = ruleset
         self._space = space
         self._held = True
         self._stamp = os.stat(path).st_ctime_ns
@@ -58,8 +68,10 @@ class JobScratch:
         except OSError:
             untouched = False
         if reusable and untouched:
-            self._space.recycle(self.path)
+            self._space.recycle(self.path, self.ruleset)
         else:
+            if self.ruleset is not None:
+                self.ruleset.close()
             self._space.discard(self.path)
 
 
@@ -77,7 +89,7 @@ class ScratchSpace:
         self, state_dir: Path | None, *, owner: tuple[int, int] | None = None
     ) -> None:
         self._owner = owner
-        self._free: list[Path] = []
+        self._free: list[tuple[Path, Ruleset | None]] = []
         self._names = itertools.count(1)
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._remover = threading.Thread(
@@ -97,16 +109,16 @@ class ScratchSpace:
     def acquire(self) -> JobScratch:
         """An empty directory (mode 0700, the job user's) for the next job."""
         if self._free:
-            return JobScratch(self, self._free.pop())
+            return JobScratch(self, *self._free.pop())
         path = self.base / f"job-{next(self._names)}"
         os.mkdir(path, 0o700)
         if self._owner is not None:
             os.chown(path, *self._owner)
         return JobScratch(self, path)
 
-    def recycle(self, path: Path) -> None:
+    def recycle(self, path: Path, ruleset: Ruleset | None) -> None:
         """Take back an untouched directory whose job is certainly over."""
-        self._free.append(path)
+        self._free.append((path, ruleset))
 
     def discard(self, path: Path) -> None:
         """Rename ``path`` aside now; remove it on the worker thread."""
@@ -136,6 +148,9 @@ class ScratchSpace:
     def close(self, timeout: float = 30.0) -> None:
         """Remove every scratch directory (at shutdown), waiting at most
         ``timeout`` seconds for the worker."""
+        for _path, ruleset in self._free:
+            if ruleset is not None:
+                ruleset.close()
         self._free.clear()
         self.discard(self.base)
         self._doomed.put(None)
