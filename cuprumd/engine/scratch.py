@@ -57,8 +57,9 @@ class JobScratch:
         of this job is certainly gone: its cgroup emptied) and the job left
         no trace: its status-change time moves with every entry made or
         removed and every change of mode, owner or extended attribute.
-        Otherwise it is discarded; Landlock rules name inodes, so a leftover
-        process cannot follow the path into the directory that replaces it.
+        Otherwise it goes: removed at once when untouched (empty), else
+        renamed aside for the worker. Landlock rules name inodes, so a
+        leftover process cannot follow the path into its successor.
         """
         if not self._held:
             return
@@ -69,9 +70,15 @@ class JobScratch:
             untouched = False
         if reusable and untouched:
             self._space.recycle(self.path, self.ruleset)
+            return
+        if self.ruleset is not None:
+            self.ruleset.close()
+        if untouched:  # still empty: a new inode will replace it
+            try:
+                self.path.rmdir()
+            except OSError:
+                self._space.discard(self.path)
         else:
-            if self.ruleset is not None:
-                self.ruleset.close()
             self._space.discard(self.path)
 
 

@@ -113,11 +113,13 @@ unsafe fn prepare_and_exec(ctx: &ChildContext<'_>) -> (SpawnStep, c_int) {
     }
 
     // (3b) Become the job user: groups first, then gid, then uid (after the
-    // uid change the rights to change the others are gone).
+    // uid change the rights to change the others are gone). Raw system
+    // calls: glibc's wrappers would broadcast the change to every thread of
+    // the "process" they believe they are in, which here is the daemon.
     if let Some((uid, gid)) = ctx.credentials {
-        if libc::setgroups(0, ptr::null()) != 0
-            || libc::setresgid(gid, gid, gid) != 0
-            || libc::setresuid(uid, uid, uid) != 0
+        if libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) != 0
+            || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+            || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
         {
             return failed(SpawnStep::Credentials);
         }
