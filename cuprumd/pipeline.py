@@ -262,17 +262,21 @@ class _Run:
                 group.sweep()
             if streams is not None:
                 await streams.drain(self.options.kill_grace_seconds + 1.0)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, above all: kill, then reap
             self.terminate(JobState.CANCELLED)
             if group is not None:
                 group.signal(signal.SIGKILL)
-            raise
-        finally:
-            if self.kill_timer is not None:
-                self.kill_timer.cancel()
-            if streams is not None:
-                streams.close()
+            self._close_streams(streams)
             await asyncio.shield(self._release())
+            raise
+        self._close_streams(streams)
+        await self._release()
+
+    def _close_streams(self, streams: Streams | None) -> None:
+        if self.kill_timer is not None:
+            self.kill_timer.cancel()
+        if streams is not None:
+            streams.close()
 
     async def _release(self) -> None:
         contained = self.group is not None and await self.group.close()

@@ -188,7 +188,7 @@ class ProcessGroup:
         is left at all (its cgroup emptied); without a cgroup, a ``setsid``
         descendant may have escaped the sweep, so False.
         """
-        if self.exits:
+        if not self.all_exited:
             await asyncio.wait(self.exits)
         self.sweep()
         if self._cgroup is None:
