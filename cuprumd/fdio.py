@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import subprocess
 
-__all__ = ["Capture", "Feeder", "close_quietly", "watch_exit"]
+__all__ = ["Capture", "Feeder", "OutputBudget", "close_quietly"]
 
 _READ_SIZE = 256 * 1024
 _BURST = 16
@@ -26,23 +25,43 @@ def close_quietly(fd: int) -> None:
         pass
 
 
-class Capture:
-    """Read a stream to EOF, keeping at most ``limit`` bytes.
+class OutputBudget:
+    """The bytes of output one job may keep: stdout and every stderr
+    together draw on it, so the job's result, not each stream, is bounded."""
 
-    Past the limit it keeps draining (a stage blocked on a full pipe would
-    otherwise never finish) and only remembers that it dropped something.
+    def __init__(self, limit: int) -> None:
+        self.remaining = limit
+
+    def take(self, wanted: int) -> int:
+        """Grant up to ``wanted`` bytes; 0 once the budget is spent."""
+        granted = min(wanted, self.remaining)
+        self.remaining -= granted
+        return granted
+
+
+class Capture:
+    """Read a stream to EOF, keeping what the job's budget grants.
+
+    Once the budget is spent and more arrives, the capture closes its end:
+    the writer gets SIGPIPE (or EPIPE) on its next write, as it would writing
+    into ``| head -c N``, so a job whose output can no longer be kept stops
+    costing a core. ``cut`` says that this capture, not the writer, ended
+    the stream.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, limit: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, budget: OutputBudget
+    ) -> None:
         self._loop = loop
         self._fd = fd
-        self._limit = limit
+        self._budget = budget
         self.data = bytearray()
         self.truncated = False
+        self.cut = False
         self.done: asyncio.Future[None] = loop.create_future()
 
     def start(self) -> asyncio.Future[None]:
-        """Begin reading; the future resolves at EOF."""
+        """Begin reading; the future resolves at EOF (or at the cut)."""
         os.set_blocking(self._fd, False)
         self._loop.add_reader(self._fd, self._on_ready)
         return self.done
@@ -59,11 +78,12 @@ class Capture:
             if not chunk:
                 self.abort()
                 return
-            room = self._limit - len(self.data)
-            if room > 0:
-                self.data += chunk[:room]
-            if len(chunk) > room:
-                self.truncated = True
+            granted = self._budget.take(len(chunk))
+            self.data += chunk[:granted]
+            if granted < len(chunk):
+                self.truncated = self.cut = True
+                self.abort()
+                return
 
     def contents(self) -> tuple[bytes, bool]:
         """What was kept, and whether anything was dropped."""
@@ -119,26 +139,3 @@ class Feeder:
         self._loop.remove_writer(self._fd)
         close_quietly(self._fd)
         self.done.set_result(None)
-
-
-def watch_exit(
-    loop: asyncio.AbstractEventLoop, proc: subprocess.Popen[bytes]
-) -> asyncio.Future[int]:
-    """Resolve with the return code once ``proc`` exits, reaping it.
-
-    A pidfd turns the exit into an ordinary readable descriptor, so both
-    asyncio and uvloop can wait for it without a SIGCHLD handler or a
-    thread per child, and no other waiter can steal the status.
-    """
-    future: asyncio.Future[int] = loop.create_future()
-    pidfd = os.pidfd_open(proc.pid)
-
-    def on_exit() -> None:
-        loop.remove_reader(pidfd)
-        close_quietly(pidfd)
-        returncode = proc.wait()
-        if not future.done():
-            future.set_result(returncode)
-
-    loop.add_reader(pidfd, on_exit)
-    return future

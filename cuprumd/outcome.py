@@ -63,6 +63,7 @@ def decide_state(
     fail_fast_stage: int | None,
     returncodes: Sequence[int | None],
     downstream_closed: Sequence[bool],
+    output_cut: Sequence[bool] = (),
 ) -> tuple[JobState, int | None]:
     """The job's state and failed stage.
 
@@ -80,11 +81,10 @@ def decide_state(
     for index, code in enumerate(returncodes):
         if code in (None, 0):
             continue
-        earned_sigpipe = (
-            code == _SIGPIPE
-            and index < len(downstream_closed)
-            and downstream_closed[index]
-        )
+        closed_on_it = (
+            index < len(downstream_closed) and downstream_closed[index]
+        ) or (index < len(output_cut) and output_cut[index])
+        earned_sigpipe = code == _SIGPIPE and closed_on_it
         if not earned_sigpipe:
             return JobState.FAILED, index
     return JobState.SUCCEEDED, None
@@ -119,6 +119,7 @@ class Facts:
     error: str | None
     end_state: JobState | None
     fail_fast_stage: int | None
+    output_cut: Sequence[bool] = ()
 
 
 def build_result(facts: Facts) -> JobResult:
@@ -129,6 +130,7 @@ def build_result(facts: Facts) -> JobResult:
         fail_fast_stage=facts.fail_fast_stage,
         returncodes=facts.returncodes,
         downstream_closed=[t.downstream_closed for t in facts.transfers],
+        output_cut=facts.output_cut,
     )
     # model_construct: every value comes from the runner, already of its
     # type, and validating them again would cost each job's round trip.

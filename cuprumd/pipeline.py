@@ -302,9 +302,11 @@ class _Run:
         stdout: tuple[bytes, bool] = (b"", False)
         stderrs: list[tuple[bytes, bool]] = [(b"", False)] * count
         transfers = []
+        cut: list[bool] = []
         if self.streams is not None:
             stdout, stderrs = self.streams.contents()
             transfers = self.streams.outcomes(self._pump_failed)
+            cut = self.streams.cut_stages()
         return build_result(
             Facts(
                 job_id=self.job_id,
@@ -321,6 +323,7 @@ class _Run:
                 error=self.error,
                 end_state=self.end_state,
                 fail_fast_stage=self.fail_fast_stage,
+                output_cut=cut,
             )
         )
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from cuprumd.backend import StreamBackend
 from cuprumd.engine.plumbing import Plumbing
-from cuprumd.fdio import Capture, Feeder
+from cuprumd.fdio import Capture, Feeder, OutputBudget
 from cuprumd.outcome import TransferOutcome
 from cuprumd.pump import Transfer, start_transfer
 
@@ -38,7 +38,7 @@ class Streams:
         self._loop = loop
         self.plumbing = plumbing
         self._backend = backend
-        self._limit = max_output_bytes
+        self._budget = OutputBudget(max_output_bytes)
         self._buffer_size = buffer_size
         self._job_id = job_id
         self.stdout: Capture | None = None
@@ -53,10 +53,10 @@ class Streams:
             self.feeder = Feeder(self._loop, links.take_stdin_writer(), stdin)
             self.feeder.start()
         for i in range(len(self.stderrs)):
-            capture = Capture(self._loop, links.take_stderr_reader(i), self._limit)
+            capture = Capture(self._loop, links.take_stderr_reader(i), self._budget)
             capture.start()
             self.stderrs[i] = capture
-        self.stdout = Capture(self._loop, links.take_stdout_reader(), self._limit)
+        self.stdout = Capture(self._loop, links.take_stdout_reader(), self._budget)
         self.stdout.start()
         for i in range(len(self.stderrs) - 1):
             reader, writer = links.take_transfer(i)
@@ -108,6 +108,15 @@ class Streams:
             if transfer.error is not None:
                 on_error(i, transfer.error)
         return [transfer.outcome() for transfer in self.transfers]
+
+    def cut_stages(self) -> list[bool]:
+        """Per stage, whether the daemon closed one of its output streams
+        (the job's output budget was spent): a SIGPIPE it then dies of was
+        earned, as behind ``| head -c N``."""
+        cut = [c is not None and c.cut for c in self.stderrs]
+        if self.stdout is not None and self.stdout.cut:
+            cut[-1] = True
+        return cut
 
     def contents(self) -> tuple[tuple[bytes, bool], list[tuple[bytes, bool]]]:
         """Captured stdout and each stderr, with their truncation flags."""

@@ -56,6 +56,17 @@ def test_sigpipe_of_the_last_stage_fails() -> None:
     )
 
 
+def test_sigpipe_after_the_daemon_cut_the_output_is_not_a_failure() -> None:
+    # The job's output budget was spent and the daemon closed the last
+    # stage's stdout: the stage died as it would behind `| head -c N`.
+    assert state(
+        returncodes=[0, PIPE], downstream_closed=[False], output_cut=[False, True]
+    ) == (JobState.SUCCEEDED, None)
+    assert state(
+        returncodes=[PIPE, 0], downstream_closed=[False], output_cut=[False, True]
+    ) == (JobState.FAILED, 0)
+
+
 def test_fail_fast_names_the_trigger_not_the_victims() -> None:
     killed = -int(signal.SIGTERM)
     assert state(returncodes=[killed, 1], fail_fast_stage=1) == (JobState.FAILED, 1)

@@ -99,15 +99,41 @@ def test_stderr_is_captured_per_stage(stream_backend: StreamBackend) -> None:
     assert result.failed_stage == 1
 
 
-def test_output_truncation_keeps_draining(stream_backend: StreamBackend) -> None:
-    spec = job(["head", "-c", "1000000", "/dev/zero"], ["cat"])
+def test_output_past_the_budget_is_cut_like_head_c(
+    stream_backend: StreamBackend,
+) -> None:
+    spec = job(["head", "-c", "10000000", "/dev/zero"], ["cat"])
     result = asyncio.run(
         execute(spec, RunOptions(max_output_bytes=1000), stream_backend)
     )
-    assert result.state is JobState.SUCCEEDED
+    assert result.state is JobState.SUCCEEDED  # a SIGPIPE we caused is earned
     assert result.stdout == "\0" * 1000
     assert result.stdout_truncated
-    assert result.transfers[0].bytes == 1_000_000
+    assert result.stages[1].signal == "SIGPIPE"
+
+
+def test_an_endless_producer_stops_once_its_output_cannot_be_kept(
+    stream_backend: StreamBackend,
+) -> None:
+    # Before the budget, `yes` was drained and discarded until the timeout.
+    options = RunOptions(max_output_bytes=4096, default_timeout=60)
+    result = asyncio.run(execute(job(["yes"]), options, stream_backend))
+    assert result.state is JobState.SUCCEEDED
+    assert result.stdout == "y\n" * 2048
+    assert result.stages[0].signal == "SIGPIPE"
+
+
+def test_stdout_and_every_stderr_share_one_budget(
+    stream_backend: StreamBackend,
+) -> None:
+    noisy = ["sh", "-c", "head -c 700 /dev/zero >&2; head -c 700 /dev/zero"]
+    spec = job(noisy, ["sh", "-c", "cat; head -c 700 /dev/zero >&2"])
+    result = asyncio.run(
+        execute(spec, RunOptions(max_output_bytes=1000), stream_backend)
+    )
+    kept = len(result.stdout) + sum(len(s.stderr) for s in result.stages)
+    assert kept == 1000
+    assert result.stdout_truncated or any(s.stderr_truncated for s in result.stages)
 
 
 @settings(
