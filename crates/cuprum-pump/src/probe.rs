@@ -34,10 +34,7 @@ fn probe() -> io::Result<bool> {
     if sys::write(from_w.as_fd(), &[BYTE])? != 1 {
         return Ok(false);
     }
-    if !matches!(
-        sys::splice(from_r.as_fd(), to_w.as_fd(), 1),
-        Ok(1)
-    ) {
+    if !matches!(sys::splice(from_r.as_fd(), to_w.as_fd(), 1), Ok(1)) {
         return Ok(false);
     }
     let mut back = [0u8; 1];
