@@ -184,16 +184,13 @@ class Server:
             writer.close()
 
     async def _converse(self, conn: Connection) -> None:
-        settings = self._settings
-        refusal = None
-        if self._guard.is_job_peer(conn.peer):
-            refusal = "jobs cannot submit jobs"
-        elif not is_peer_allowed(
-            conn.peer, settings.allowed_uids, settings.allowed_gids, os.getuid()
-        ):
-            refusal = (
-                f"uid {conn.peer.uid} / gid {conn.peer.gid} may not use this daemon"
-            )
+        refusal = self._refusal(conn.peer)
+        if refusal is not None:
+            # Not a byte of a refused peer's input is read, let alone parsed.
+            _log.warning("peer.forbidden", reason=refusal, **conn.peer.as_log())
+            self._errors[Forbidden.code] += 1
+            await conn.send(error_reply(None, Forbidden(refusal)))
+            return
         while not self._closing:
             try:
                 frame = await conn.next_frame()
@@ -204,23 +201,22 @@ class Server:
             if frame is None:
                 return
             conn.busy = True
-            if refusal is not None:
-                await self._forbid(conn, frame, refusal)
-                return
             reply = await self._dispatch(conn, frame)
             if reply is None:
                 return
             await conn.send(reply)
             conn.busy = False
 
-    async def _forbid(self, conn: Connection, frame: bytes, message: str) -> None:
-        try:
-            request_id = parse_request(frame, max_stages=1 << 30).id
-        except RequestError as exc:
-            request_id = exc.request_id
-        _log.warning("peer.forbidden", reason=message, **conn.peer.as_log())
-        self._errors[Forbidden.code] += 1
-        await conn.send(error_reply(request_id, Forbidden(message)))
+    def _refusal(self, peer: Peer) -> str | None:
+        """Why ``peer`` may not talk to us, or None; judged on accept."""
+        settings = self._settings
+        if self._guard.is_job_peer(peer):
+            return "jobs cannot submit jobs"
+        if not is_peer_allowed(
+            peer, settings.allowed_uids, settings.allowed_gids, os.getuid()
+        ):
+            return f"uid {peer.uid} / gid {peer.gid} may not use this daemon"
+        return None
 
     async def _dispatch(self, conn: Connection, frame: bytes) -> bytes | None:
         """The reply to one frame, or ``None`` when the client left."""

@@ -395,7 +395,6 @@ def test_jobs_cannot_submit_jobs(stream_backend: StreamBackend) -> None:
         "import json, socket, sys\n"
         "s = socket.socket(socket.AF_UNIX)\n"
         "s.connect(sys.argv[1])\n"
-        's.sendall(b\'{"id": 1, "op": "list"}\\n\')\n'
         "print(s.makefile().readline(), end='')\n"
     )
     try:
