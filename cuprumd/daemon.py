@@ -187,10 +187,9 @@ def _executables(allowlist: Allowlist) -> list[str]:
 
 
 def prepare_state_dir(path: Path | None) -> None:
-    """Create ``state_dir`` (0700) if needed and prove it writable now.
-
-    Nothing is stored there yet; checking at start-up means the day
-    something is, a bad path will already have been caught.
+    """Create ``state_dir`` (0700) if needed and prove it writable now, by
+    writing, syncing and removing a file: ``access()`` says yes on a full
+    or read-only file system.
 
     Raises
     ------
@@ -204,9 +203,21 @@ def prepare_state_dir(path: Path | None) -> None:
     except OSError as exc:
         msg = f"state_dir {str(path)!r} cannot be created: {exc.strerror}"
         raise StartupError(msg) from None
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        msg = f"state_dir {str(path)!r} is not a writable directory"
+    if not path.is_dir():
+        msg = f"state_dir {str(path)!r} is not a directory"
         raise StartupError(msg)
+    probe = path / f".write-check-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"cuprumd")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+    except OSError as exc:
+        msg = f"state_dir {str(path)!r} is not writable: {exc.strerror}"
+        raise StartupError(msg) from None
 
 
 def run_daemon(loaded: LoadedSettings) -> int:

@@ -209,6 +209,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(msg)
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        msg = f"number {text[:32]} is out of range"
+        raise ValueError(msg)
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are unique: with ``"argv"`` given twice, which
+    one ran would otherwise be the parser's secret."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            msg = f"duplicate key {key!r}"
+            raise ValueError(msg)
+        obj[key] = value
+    return obj
+
+
 def _describe(exc: ValidationError) -> str:
     """Field locations and messages only: inputs may hold a job's stdin."""
     parts = []
@@ -230,11 +250,19 @@ def parse_request(line: bytes, *, max_stages: int) -> Request:
     """
     try:
         text = line.decode("utf-8").strip()
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite,
+            object_pairs_hook=_no_duplicates,
+        )
     except UnicodeDecodeError as exc:
         raise RequestError(None, BadRequest(f"request is not UTF-8: {exc}")) from None
     except ValueError as exc:
         raise RequestError(None, BadRequest(f"request is not JSON: {exc}")) from None
+    except RecursionError:
+        msg = "request is nested too deeply"
+        raise RequestError(None, BadRequest(msg)) from None
     if not isinstance(obj, dict):
         msg = f"request must be a JSON object, not {type(obj).__name__}"
         raise RequestError(None, BadRequest(msg))

@@ -265,7 +265,14 @@ class Server:
             raise
 
     def _check_contained(self, spec: JobSpec) -> None:
-        """Refuse what would let a job step outside its sandbox."""
+        """Refuse what would let a job step outside its sandbox or limits."""
+        limit = self._settings.max_timeout_seconds
+        if spec.timeout is not None and spec.timeout > limit:
+            msg = (
+                f"job.timeout: {spec.timeout} s is more than "
+                f"max_timeout_seconds ({limit})"
+            )
+            raise BadRequest(msg)
         denied = denied_env_names(spec.env, self._settings.job_env_deny)
         if denied:
             msg = (

@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=8 << 20, ge=1024, le=GiB)
     max_output_bytes: int = Field(default=16 << 20, ge=0, le=GiB)
     default_timeout: float = Field(default=300.0, gt=0)
+    max_timeout_seconds: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
     kill_grace_seconds: float = Field(default=5.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     result_retention_seconds: float = Field(default=600.0, ge=0)

@@ -201,6 +201,16 @@ def test_loader_and_interpreter_hooks_are_refused(
     assert python_daemon.children() == []
 
 
+def test_a_timeout_beyond_the_limit_is_a_bad_request(python_daemon: Daemon) -> None:
+    reply = python_daemon.request(
+        {"id": 5, "op": "submit", "job": job(["sleep", "1"], timeout=1e18)}
+    )
+    code, message = error(reply)
+    assert code == "bad_request"
+    assert "max_timeout_seconds" in message
+    assert python_daemon.children() == []
+
+
 def test_ordinary_env_still_reaches_the_stage(python_daemon: Daemon) -> None:
     result = run(python_daemon, ["sh", "-c", 'printf %s "$GREETING"'],
                  env={"GREETING": "hi"})  # fmt: skip

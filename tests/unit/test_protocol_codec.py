@@ -80,7 +80,15 @@ def test_valid_requests_parse_into_typed_models() -> None:
         (b'{"id": 1, "op": "run", "job": {"stages": [{"argv": ["a\\u0000"]}]}}', 1),
         (b'{"op": "run", "job": {"stages": [{"argv": ["a"]}], "stdin": 5}}', None),
         (b'{"op": "ping", "x": Infinity}', None),
+        (b'{"id": 1e400, "op": "ping"}', None),
+        (b'{"op": "ping", "op": "stats"}', None),
+        (
+            b'{"op": "run", "job": {"stages": [{"argv": ["rm"], "argv": ["true"]}]}}',
+            None,
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, None),
     ],
+    ids=lambda value: repr(value)[:40],
 )
 def test_bad_requests(line: bytes, request_id: object) -> None:
     error = rejected(line)
