@@ -132,6 +132,15 @@ async def _serve(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # Until reloading is built, SIGHUP must at least not kill a serving daemon.
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        lambda: _log.warning(
+            "daemon.reload_unsupported",
+            message="SIGHUP received; reloading settings is not supported yet: "
+            "restart the daemon to apply changes",
+        ),
+    )
 
     limits = Limits(
         settings.max_concurrent_jobs,
@@ -176,7 +185,7 @@ async def _serve(
             watchdog.cancel()
         server.stop_accepting()
         listener.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")
 
