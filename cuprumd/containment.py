@@ -65,7 +65,7 @@ class Guard:
         """
         if self.job_user is not None and peer.uid == self.job_user[0]:
             return True
-        if peer.pid <= 0 or not os.path.exists(f"/proc/{peer.pid}"):
+        if peer.pid <= 0 or not _alive(peer.pid):
             return True
         if self.cgroups is not None and self.cgroups.owns_pid(peer.pid):
             return True
@@ -113,6 +113,18 @@ class Guard:
         if self.cgroups is not None:
             self.cgroups.close()
             self.cgroups = None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs, asked of the kernel rather than of /proc
+    (``ProtectProc=invisible`` hides other users' processes there)."""
+    try:
+        os.close(os.pidfd_open(pid))
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, but cannot be opened (another pid namespace)
+    return True
 
 
 def decide_job_user(

@@ -51,6 +51,9 @@ RLIMIT_RESOURCES: Mapping[str, int] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+#: Past any descriptor the daemon can hold: its own limit is raised above
+#: the one its stages get, so the stage's limit is no bound.
+_ALL_FDS = (1 << 31) - 1
 _STEP_MESSAGES: Mapping[str, str] = {
     "exec": "cannot execute {program}",
     "chdir": "cannot change directory to {cwd}",
@@ -227,7 +230,7 @@ def _child_steps(stage: StageLaunch, parent: int, report: int) -> None:
             restrict_self(containment.ruleset_fd)
         step = "exec"
         os.closerange(3, report)
-        os.closerange(report + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        os.closerange(report + 1, _ALL_FDS)  # close_range(2): any count, one call
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         os.execve(stage.program, list(stage.argv), dict(stage.env))  # noqa: S606
     except OSError as exc:

@@ -49,3 +49,29 @@ def test_a_switch_the_daemon_cannot_make_is_refused_at_start() -> None:
         990,
         980,
     )
+
+
+def test_a_job_peer_is_known_by_uid_by_group_or_by_being_gone() -> None:
+    import os
+    import subprocess
+
+    from cuprumd.containment import Guard
+    from cuprumd.engine.launch import launch_python
+    from cuprumd.engine.sandbox import build_policy
+    from cuprumd.peers import Peer
+
+    guard = Guard(build_policy("off", []), None, None, "python", launch_python, ())
+    me = Peer(pid=os.getpid(), uid=os.getuid(), gid=os.getgid())
+    assert not guard.is_job_peer(me)
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    # A peer that has left cannot be checked: it may have handed on its socket.
+    assert guard.is_job_peer(Peer(pid=finished.pid, uid=os.getuid(), gid=0))
+    assert guard.is_job_peer(Peer(pid=0, uid=os.getuid(), gid=0))
+    guard.index.add(os.getpgrp())  # as if we were a running job's group
+    assert guard.is_job_peer(me)
+    guard.index.discard(os.getpgrp())
+    with_user = Guard(
+        build_policy("off", []), None, None, "python", launch_python, (), (4242, 4242)
+    )
+    assert with_user.is_job_peer(Peer(pid=os.getpid(), uid=4242, gid=4242))

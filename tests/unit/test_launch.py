@@ -71,14 +71,22 @@ def test_a_missing_cwd_is_named(launcher: Launcher) -> None:
 def test_only_the_three_standard_descriptors_reach_the_stage(
     launcher: Launcher,
 ) -> None:
-    leaked = os.open(os.devnull, os.O_RDONLY)  # inheritable: must not pass
-    os.set_inheritable(leaked, True)
+    # One descriptor low, one above the descriptor limit the stage gets (the
+    # daemon's own is raised): neither may pass, inheritable or not.
+    low = os.open(os.devnull, os.O_RDONLY)
+    high = os.dup2(low, 1500)
+    os.set_inheritable(low, True)
+    probe = f"for fd in {low} 1500; do test -e /proc/self/fd/$fd && echo $fd; done; :"
     try:
         result = run(
-            launcher, [SH, "-c", f"test -e /proc/self/fd/{leaked} && echo leak"]
+            launcher,
+            [SH, "-c", probe],
+            rlimits=((resource.RLIMIT_NOFILE, 1024, 4096),),
         )
     finally:
-        os.close(leaked)
+        os.close(low)
+        os.close(high)
+    assert result.state is JobState.SUCCEEDED
     assert result.stdout == ""
 
 
