@@ -119,6 +119,16 @@ class JobSpec(_Strict):
             except binascii.Error as exc:
                 msg = f"stdin is not valid base64: {exc}"
                 raise ValueError(msg) from None
+        elif self.stdin is not None:
+            try:
+                self.stdin.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                msg = (
+                    f"stdin is not valid Unicode text ({exc.reason} at index "
+                    f"{exc.start}); send arbitrary bytes with stdin_encoding "
+                    "'base64'"
+                )
+                raise ValueError(msg) from None
         return self
 
     def stdin_bytes(self) -> bytes | None:
@@ -127,7 +137,7 @@ class JobSpec(_Strict):
             return None
         if self.stdin_encoding == "base64":
             return base64.b64decode(self.stdin, validate=True)
-        return self.stdin.encode("utf-8", "surrogatepass")
+        return self.stdin.encode("utf-8")
 
     @property
     def argv0s(self) -> list[str]:

@@ -220,7 +220,7 @@ def test_ordinary_env_still_reaches_the_stage(python_daemon: Daemon) -> None:
 # -- strings that cannot reach execve -----------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["argv", "env", "cwd"])
+@pytest.mark.parametrize("where", ["argv", "env", "cwd", "stdin"])
 def test_lone_surrogates_are_bad_requests_and_start_nothing(
     python_daemon: Daemon, where: str
 ) -> None:
@@ -230,6 +230,8 @@ def test_lone_surrogates_are_bad_requests_and_start_nothing(
         spec["env"] = {"X": bad}
     if where == "cwd":
         spec["cwd"] = bad
+    if where == "stdin":
+        spec["stdin"] = f"text{bad}"
     line = json.dumps({"id": 3, "op": "run", "job": spec}).encode()
     with python_daemon.connect() as conn:
         reply = conn.request_line(line)
