@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import select
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -58,18 +59,36 @@ class Guard:
         """Whether a connection comes from a job (which may not act with
         the daemon's identity through the socket).
 
-        The job user's uid settles it; otherwise the peer's cgroup or
-        process group. A peer whose process is already gone cannot be
-        checked, and counts as a job: a job's child could otherwise connect,
-        hand the socket on and exit before the check.
+        Jobs cannot change their uid, so the uid settles it unless jobs run
+        as the daemon's own user; then the peer's cgroup, its process
+        ancestry, and the ``no_new_privs`` flag every sandboxed stage
+        carries and no process can drop (a double-forked ``setsid``
+        escapee keeps it). Every doubt counts as a job: a peer gone before
+        or while it is checked (a job's child could connect, hand the
+        socket on and exit), or one that cannot be read.
         """
-        if self.job_user is not None and peer.uid == self.job_user[0]:
+        if self.job_user is not None:
+            # Jobs hold no privileges and cannot change their uid.
+            return peer.uid == self.job_user[0]
+        if peer.uid != os.geteuid():
+            return False  # jobs run as the daemon's user: this is a client
+        if peer.pid <= 0:
             return True
-        if peer.pid <= 0 or not _alive(peer.pid):
+        try:
+            pidfd = os.pidfd_open(peer.pid)
+        except OSError:
             return True
+        try:
+            return self._looks_like_a_job(peer) or _exited(pidfd)
+        finally:
+            os.close(pidfd)
+
+    def _looks_like_a_job(self, peer: Peer) -> bool:
         if self.cgroups is not None and self.cgroups.owns_pid(peer.pid):
             return True
-        return self.index.owns(peer.pid, read_proc_stat)
+        if self.index.owns(peer.pid, read_proc_stat):
+            return True
+        return self.sandbox is not None and _no_new_privs(peer.pid)
 
     def open_cgroups(self, settings: Settings, socket: str) -> None:
         """Take over this daemon's job cgroup subtree, reaping leftovers.
@@ -115,15 +134,21 @@ class Guard:
             self.cgroups = None
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs, asked of the kernel rather than of /proc
-    (``ProtectProc=invisible`` hides other users' processes there)."""
+def _exited(pidfd: int) -> bool:
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _no_new_privs(pid: int) -> bool:
+    """The flag, or True when it cannot be read (fail closed)."""
     try:
-        os.close(os.pidfd_open(pid))
-    except ProcessLookupError:
-        return False
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"NoNewPrivs:"):
+                    return line.split()[1] != b"0"
     except OSError:
-        return True  # exists, but cannot be opened (another pid namespace)
+        return True
     return True
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cuprumd.engine.cgroup import JobCgroup
 from cuprumd.engine.launch import Launched, Launcher, StageLaunch
@@ -33,36 +33,45 @@ def returncode_of(info: os.waitid_result) -> int:
 
 
 class JobProcessIndex:
-    """Which process groups belong to running jobs, daemon-wide.
+    """Which processes and process groups belong to running jobs.
 
     Lets the server tell a connection from a job's own process (which
-    must not act with the daemon's identity) when there is no cgroup to ask.
+    must not act with the daemon's identity) when there is no cgroup to
+    ask. Stages are indexed by pid as well as by group, so a stage that
+    leaves the group itself (``setpgid``, ``setsid``) is still known.
     """
 
     def __init__(self) -> None:
         self._groups: set[int] = set()
+        self._pids: set[int] = set()
 
-    def add(self, pgid: int) -> None:
-        """A job's group started."""
+    def add(self, pid: int, pgid: int) -> None:
+        """A stage of the job whose group is ``pgid`` started."""
         self._groups.add(pgid)
+        self._pids.add(pid)
 
-    def discard(self, pgid: int) -> None:
+    def discard(self, pids: Iterable[int], pgid: int) -> None:
         """A job's group has been swept."""
         self._groups.discard(pgid)
+        self._pids.difference_update(pids)
 
     def owns(self, pid: int, read_stat: Callable[[int], tuple[int, int]]) -> bool:
-        """Whether ``pid`` or one of its ancestors is in a job's group.
+        """Whether ``pid`` or one of its ancestors is a stage or in a job's
+        group. A process that vanishes while its ancestry is read counts as
+        a job's: failing closed is the only safe answer to a race.
 
         ``read_stat(pid)`` returns ``(ppid, pgid)``; the ancestor walk
-        catches a descendant that left the group with ``setsid`` while its
-        parent chain is still alive.
+        catches a descendant that left the group while its parent chain is
+        still alive.
         """
         seen = 0
         while pid > 1 and seen < 64:
+            if pid in self._pids:
+                return True
             try:
                 ppid, pgid = read_stat(pid)
             except OSError:
-                return False
+                return True
             if pgid in self._groups:
                 return True
             pid, seen = ppid, seen + 1
@@ -118,10 +127,10 @@ class ProcessGroup:
         if self.pgid is None:
             self.pgid = launched.pid
             self._leader_fd = launched.pidfd
-            if self._index is not None:
-                self._index.add(launched.pid)
         else:
             self._pidfds.append(launched.pidfd)
+        if self._index is not None:
+            self._index.add(launched.pid, self.pgid)
         future: asyncio.Future[int] = self._loop.create_future()
         self.exits.append(future)
         self._loop.add_reader(
@@ -172,7 +181,7 @@ class ProcessGroup:
         self.signal(signal.SIGKILL)
         self._swept = True
         if self._index is not None and self.pgid is not None:
-            self._index.discard(self.pgid)
+            self._index.discard((p for p in self.pids if p is not None), self.pgid)
         if self._leader_fd is not None:
             fd, self._leader_fd = self._leader_fd, None
             if self.exits and self.exits[0].done():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -30,6 +31,13 @@ __all__ = ["JobScratch", "ScratchSpace"]
 
 _log = get_logger("cuprumd.scratch")
 _RM = shutil.which("rm", path="/usr/bin:/bin") or "/bin/rm"
+
+
+def _ctime(path: Path) -> int:
+    try:
+        return os.stat(path).st_ctime_ns
+    except OSError:
+        return -1
 
 
 class JobScratch:
@@ -48,7 +56,7 @@ class JobScratch:
         self.ruleset = ruleset
         self._space = space
         self._held = True
-        self._stamp = os.stat(path).st_ctime_ns
+        self._stamp = _ctime(path)
 
     def release(self, *, reusable: bool) -> None:
         """Hand the directory back (idempotent).
@@ -64,10 +72,7 @@ class JobScratch:
         if not self._held:
             return
         self._held = False
-        try:
-            untouched = os.stat(self.path).st_ctime_ns == self._stamp
-        except OSError:
-            untouched = False
+        untouched = _ctime(self.path) == self._stamp
         if reusable and untouched:
             self._space.recycle(self.path, self.ruleset)
             return
@@ -96,7 +101,7 @@ class ScratchSpace:
         self, state_dir: Path | None, *, owner: tuple[int, int] | None = None
     ) -> None:
         self._owner = owner
-        self._free: list[tuple[Path, Ruleset | None]] = []
+        self._free: list[tuple[Path, Ruleset | None, int]] = []
         self._names = itertools.count(1)
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._remover = threading.Thread(
@@ -112,12 +117,24 @@ class ScratchSpace:
             self.base.mkdir(mode=0o700)
         if owner is not None:  # the job user passes through, without listing
             self.base.chmod(0o711)
+            if state_dir is not None:
+                state_dir.chmod(0o711)
 
     def acquire(self) -> JobScratch:
-        """An empty directory (mode 0700, the job user's) for the next job."""
-        if self._free:
-            return JobScratch(self, *self._free.pop())
-        path = self.base / f"job-{next(self._names)}"
+        """An empty directory (mode 0700, the job user's) for the next job.
+
+        Names are random: jobs share one user, and chmod is not something
+        the sandbox can refuse, so a directory must not be found by
+        guessing. A pooled one that changed while idle is not handed out.
+        """
+        while self._free:
+            path, ruleset, stamp = self._free.pop()
+            if _ctime(path) == stamp:
+                return JobScratch(self, path, ruleset)
+            if ruleset is not None:
+                ruleset.close()
+            self.discard(path)
+        path = self.base / f"job-{secrets.token_hex(12)}"
         os.mkdir(path, 0o700)
         if self._owner is not None:
             os.chown(path, *self._owner)
@@ -125,7 +142,7 @@ class ScratchSpace:
 
     def recycle(self, path: Path, ruleset: Ruleset | None) -> None:
         """Take back an untouched directory whose job is certainly over."""
-        self._free.append((path, ruleset))
+        self._free.append((path, ruleset, _ctime(path)))
 
     def discard(self, path: Path) -> None:
         """Rename ``path`` aside now; remove it on the worker thread."""
@@ -155,7 +172,7 @@ class ScratchSpace:
     def close(self, timeout: float = 30.0) -> None:
         """Remove every scratch directory (at shutdown), waiting at most
         ``timeout`` seconds for the worker."""
-        for _path, ruleset in self._free:
+        for _path, ruleset, _stamp in self._free:
             if ruleset is not None:
                 ruleset.close()
         self._free.clear()

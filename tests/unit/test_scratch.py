@@ -4,6 +4,7 @@ with a job whose processes might still be alive."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -99,3 +100,31 @@ def test_a_restart_clears_a_tree_that_would_break_recursion(tmp_path: Path) -> N
     assert list(space.base.iterdir()) == []
     space.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_idle_directory_changed_by_someone_else_is_not_handed_out(
+    tmp_path: Path,
+) -> None:
+    space = ScratchSpace(tmp_path)
+    job = space.acquire()
+    job.release(reusable=True)  # untouched: pooled
+    job.path.chmod(0o777)  # another job of the same user, while it idles
+    fresh = space.acquire()
+    assert fresh.path != job.path
+    assert not job.path.exists()
+    assert stat.S_IMODE(fresh.path.stat().st_mode) == 0o700
+
+
+def test_names_cannot_be_guessed(tmp_path: Path) -> None:
+    space = ScratchSpace(tmp_path)
+    first, second = space.acquire(), space.acquire()
+    for job in (first, second):
+        assert re.fullmatch(r"job-[0-9a-f]{24}", job.path.name)
+    assert first.path.name != second.path.name
+
+
+def test_the_job_user_can_pass_through_to_its_directory(tmp_path: Path) -> None:
+    space = ScratchSpace(tmp_path, owner=(os.getuid(), os.getgid()))
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o711  # state_dir
+    assert stat.S_IMODE(space.base.stat().st_mode) == 0o711  # no listing
+    assert stat.S_IMODE(space.acquire().path.stat().st_mode) == 0o700
