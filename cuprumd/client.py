@@ -17,9 +17,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
-from cuprumd.errors import CuprumError
+from cuprumd.discovery import (
+    UntrustedDaemon,
+    check_daemon,
+    discover_socket,
+    trusted_uids,
+)
+from cuprumd.errors import ClientError
 from cuprumd.models import JobResult, JobSpec
-from cuprumd.paths import default_socket_path
 from cuprumd.protocol import (
     JobList,
     JobRef,
@@ -37,37 +42,19 @@ __all__ = [
     "Client",
     "ClientError",
     "DaemonUnavailable",
+    "UntrustedDaemon",
     "resolve_socket_path",
 ]
 
-SOCKET_ENV_VAR = "CUPRUM_SOCKET_PATH"
-#: Where the packaged systemd units put the socket.
-SYSTEM_SOCKET = Path("/run/cuprumd/cuprumd.sock")
 _READ_LIMIT = 1 << 30  # replies carry whole outputs; the daemon bounds them
 
 JobLike = JobSpec | Mapping[str, Any]
-
-
-class ClientError(CuprumError):
-    """The conversation failed on the client side (not an error reply)."""
+#: The socket a client uses; see ``cuprumd.discovery``.
+resolve_socket_path = discover_socket
 
 
 class DaemonUnavailable(ClientError):
     """Nothing answers on the socket: not running, wrong path, no access."""
-
-
-def resolve_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The socket to talk to: the argument, ``$CUPRUM_SOCKET_PATH``, the
-    per-user default, else the system service's socket when only it exists."""
-    if explicit is not None:
-        return Path(explicit)
-    named = os.environ.get(SOCKET_ENV_VAR, "").strip()
-    if named:
-        return Path(named)
-    personal = default_socket_path()
-    if not personal.exists() and SYSTEM_SOCKET.exists():
-        return SYSTEM_SOCKET
-    return personal
 
 
 def _job_doc(job: JobLike) -> Mapping[str, Any]:
@@ -109,8 +96,10 @@ class Client:
         socket_path: str | os.PathLike[str] | None = None,
         *,
         timeout: float | None = None,
+        daemon_user: str | None = None,
     ) -> None:
         self.socket_path = resolve_socket_path(socket_path)
+        self._trusted = trusted_uids(daemon_user)
         self._timeout = timeout
         self._ids = itertools.count(1)
         self._sock: socket.socket | None = None
@@ -141,9 +130,13 @@ class Client:
             sock.settimeout(self._timeout)
             try:
                 sock.connect(str(self.socket_path))
+                check_daemon(sock, self.socket_path, self._trusted)
             except OSError as exc:
                 sock.close()
                 raise _unavailable(self.socket_path, exc) from None
+            except UntrustedDaemon:
+                sock.close()
+                raise
             self._sock, self._file = sock, sock.makefile("rb")
         return self._sock
 
@@ -213,8 +206,14 @@ class Client:
 class AsyncClient:
     """The asyncio twin of ``Client``; use ``async with``."""
 
-    def __init__(self, socket_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        daemon_user: str | None = None,
+    ) -> None:
         self.socket_path = resolve_socket_path(socket_path)
+        self._trusted = trusted_uids(daemon_user)
         self._ids = itertools.count(1)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -244,11 +243,19 @@ class AsyncClient:
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None:
             try:
-                self._reader, self._writer = await asyncio.open_unix_connection(
+                reader, writer = await asyncio.open_unix_connection(
                     str(self.socket_path), limit=_READ_LIMIT
                 )
             except OSError as exc:
                 raise _unavailable(self.socket_path, exc) from None
+            try:
+                check_daemon(
+                    writer.get_extra_info("socket"), self.socket_path, self._trusted
+                )
+            except UntrustedDaemon:
+                writer.close()
+                raise
+            self._reader, self._writer = reader, writer
         return self._reader, self._writer
 
     async def request(self, op: str, **fields: Any) -> dict[str, Any]:

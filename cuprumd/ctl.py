@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cuprumd.client import Client, ClientError, DaemonUnavailable
+from cuprumd.client import Client, ClientError, DaemonUnavailable, UntrustedDaemon
 from cuprumd.errors import FrameTooLarge, ProtocolError
 from cuprumd.models import JobResult, JobState
 
@@ -212,7 +212,15 @@ Command = Callable[[Client, argparse.Namespace], int]
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", help="daemon socket (default: $CUPRUM_SOCKET_PATH)")
+    common.add_argument(
+        "--socket", help="daemon socket (default: $CUPRUM_SOCKET, then discovery)"
+    )
+    common.add_argument(
+        "--daemon-user",
+        dest="daemon_user",
+        help="a user the daemon may run as, besides root and you "
+        "(default: $CUPRUM_DAEMON_USER)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON replies")
     parser = argparse.ArgumentParser(
         prog="cuprumctl", description="Talk to the cuprumd daemon."
@@ -258,7 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd in ("run", "submit") and not args.command:
         parser.error(f"{args.cmd}: give the pipeline after '--'")
-    client = Client(args.socket or args.global_socket)
+    try:
+        client = Client(args.socket or args.global_socket, daemon_user=args.daemon_user)
+    except UntrustedDaemon as exc:
+        print(f"cuprumctl: {exc}", file=sys.stderr)
+        return 1
     try:
         with client:
             status: int = args.func(client, args)

@@ -28,6 +28,10 @@ class StartupError(CuprumError):
     exit_status: ClassVar[int] = 1
 
 
+class ClientError(CuprumError):
+    """The conversation failed on the client side (not an error reply)."""
+
+
 class ProtocolError(CuprumError):
     """An error that reaches a client as ``{"code": ..., "message": ...}``."""
 

@@ -69,6 +69,8 @@ def check_socket_dir(st: os.stat_result, uid: int) -> str | None:
     world-writable directory such as /tmp is safe, since only the owner of
     a file can remove it there.
     """
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link (someone else may point it elsewhere)"
     if not stat.S_ISDIR(st.st_mode):
         return "is not a directory"
     if st.st_uid not in (uid, 0):
@@ -97,16 +99,23 @@ def resolve_group(name: str) -> int:
 
 
 def _prepare_dir(directory: Path) -> None:
-    if not directory.exists():
+    if not directory.exists() and not directory.is_symlink():
+        # In a shared sticky directory (/tmp) ours must be private: clients
+        # trust a directory there only when it is 0700 and the user's own.
         try:
-            directory.mkdir(mode=SOCKET_DIR_MODE, parents=True)
-            directory.chmod(SOCKET_DIR_MODE)  # the umask may have narrowed it
+            shared = directory.parent.stat().st_mode & stat.S_ISVTX
+        except OSError:
+            shared = 0
+        mode = 0o700 if shared else SOCKET_DIR_MODE
+        try:
+            directory.mkdir(mode=mode, parents=True)
+            directory.chmod(mode)  # the umask may have narrowed it
         except FileExistsError:
             pass
         except OSError as exc:
             msg = f"cannot create socket directory {directory}: {exc.strerror}"
             raise StartupError(msg) from None
-    problem = check_socket_dir(directory.stat(), os.getuid())
+    problem = check_socket_dir(directory.lstat(), os.getuid())
     if problem is not None:
         msg = f"refusing to use socket directory {directory}: it {problem}"
         raise StartupError(msg)

@@ -93,3 +93,25 @@ def test_unknown_group_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="socket_group"):
         resolve_group("no-such-group-cuprumd")
     assert resolve_group("0") == 0
+
+
+def test_a_symlinked_socket_directory_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(StartupError, match="symbolic link"):
+        open_listener(link / "d.sock", 0o600, None)
+
+
+def test_a_socket_directory_made_in_a_sticky_directory_is_private(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    listener = open_listener(shared / "cuprumd-x" / "d.sock", 0o600, None)
+    try:
+        assert (shared / "cuprumd-x").stat().st_mode & 0o777 == 0o700
+    finally:
+        listener.close()
