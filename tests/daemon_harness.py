@@ -95,6 +95,7 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
         and k not in ("NOTIFY_SOCKET", "PYTEST_CURRENT_TEST")
     }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["CUPRUM_DAEMON_USER"] = str(daemon_uid())  # clients may trust it
     env.update(extra or {})
     return env
 
@@ -183,7 +184,7 @@ class Daemon:
             return conn.request(doc)
 
     def client(self, timeout: float | None = 30.0) -> Client:
-        return Client(self.socket_path, timeout=timeout)
+        return Client(self.socket_path, timeout=timeout, daemon_user=str(daemon_uid()))
 
 
 def serve_to_exit(

@@ -74,11 +74,13 @@ def test_cuprumctl_refuses_with_a_clear_message(
     fake_daemon: tuple[Path, Path],
 ) -> None:
     sock, seen = fake_daemon
+    env = daemon_env()
+    env.pop("CUPRUM_DAEMON_USER")  # this user names no daemon user
     done = subprocess.run(
         [sys.executable, "-m", "cuprumd.ctl", "--socket", str(sock), "run",
          "--env", "TOKEN=hunter2", "--", "cat"],
         input="secret", capture_output=True, text=True, timeout=30,
-        env=daemon_env(), cwd=REPO, check=False,
+        env=env, cwd=REPO, check=False,
     )  # fmt: skip
     assert done.returncode == 1
     assert "served by uid 65534" in done.stderr

@@ -12,7 +12,7 @@ from cuprumd.backend import StreamBackend
 from cuprumd.client import Client, DaemonUnavailable
 from cuprumd.errors import NotFound, ProgramNotAllowed
 from cuprumd.models import JobState
-from tests.daemon_harness import PYTHON, Daemon, daemon_env, job
+from tests.daemon_harness import PYTHON, Daemon, daemon_env, daemon_uid, job
 
 DAEMON_SETTINGS = {"programs": ["printf", "sort", "cat", "head", "yes", "sleep",
                                 "false", "sh", "tr", "wc"]}  # fmt: skip
@@ -149,6 +149,7 @@ def test_sync_client_default_socket_from_environment(
     python_daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CUPRUM_SOCKET_PATH", str(python_daemon.socket_path))
+    monkeypatch.setenv("CUPRUM_DAEMON_USER", str(daemon_uid()))
     with Client() as client:
         assert client.ping().pid == python_daemon.proc.pid
     monkeypatch.setenv("CUPRUM_SOCKET_PATH", os.devnull + ".sock")
