@@ -22,12 +22,13 @@ import ctypes
 import os
 import resource
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, Protocol
 
 from cuprumd.engine.plumbing import SpawnError, errno_name
 from cuprumd.engine.sandbox import restrict_self
+from cuprumd.engine.sandbox.landlock import prctl
 
 __all__ = [
     "RLIMIT_RESOURCES",
@@ -164,21 +165,6 @@ def _native_launcher(spawn: _NativeSpawn) -> Launcher:
     return launch
 
 
-def _libc_prctl() -> Callable[[int, int], int]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = libc.prctl
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-
-    def call(option: int, value: int) -> int:
-        return int(prctl(option, value))
-
-    return call
-
-
-_prctl = _libc_prctl()
-
-
 def _reset_signals() -> None:
     for signum in signal.valid_signals():
         if signum not in (signal.SIGKILL, signal.SIGSTOP):
@@ -189,7 +175,7 @@ def _reset_signals() -> None:
 
 
 def _tie_to_parent(parent: int) -> None:
-    if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         number = ctypes.get_errno()
         raise OSError(number, os.strerror(number))
     if os.getppid() != parent:

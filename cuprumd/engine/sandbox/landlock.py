@@ -128,7 +128,7 @@ _add_rule = ctypes.CFUNCTYPE(
 _restrict_self = ctypes.CFUNCTYPE(
     ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_uint32, use_errno=True
 )(("syscall", _libc))
-_prctl = ctypes.CFUNCTYPE(
+prctl = ctypes.CFUNCTYPE(
     ctypes.c_int,
     ctypes.c_int,
     ctypes.c_ulong,
@@ -214,7 +214,7 @@ def restrict_self(ruleset_fd: int) -> None:
     OSError
         With the errno of the failing call.
     """
-    if _prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    if prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise _os_error("prctl(PR_SET_NO_NEW_PRIVS)")
     if _restrict_self(_SYS_LANDLOCK_RESTRICT_SELF, ruleset_fd, 0) != 0:
         raise _os_error("landlock_restrict_self")
