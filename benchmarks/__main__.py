@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes, 2 reps")
     parser.add_argument(
-        "--only", choices=["throughput", "daemon"], default=None, help="one group"
+        "--only",
+        choices=["throughput", "daemon", "load"],
+        default=None,
+        help="one group",
     )
     args = parser.parse_args()
     reps = 2 if args.quick else args.reps
@@ -72,6 +75,10 @@ def main() -> None:
         from benchmarks import daemon
 
         results["daemon"] = daemon.run_all(quick=args.quick)
+    if args.only in (None, "load"):
+        from benchmarks import load
+
+        results["load"] = load.run_all(quick=args.quick)
     out = ROOT / "benchmarks" / "results" / "latest.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {out.relative_to(ROOT)}")

@@ -186,7 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return _check_config(loaded, decision, as_json=args.json)
     try:
-        return run_daemon(loaded)
+        return run_daemon(
+            loaded, lambda: load_settings(_flags(args), config_path=args.config)
+        )
     except ConfigError as exc:
         print(f"cuprumd: configuration error: {exc}", file=sys.stderr)
         return EX_CONFIG

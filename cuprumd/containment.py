@@ -90,6 +90,32 @@ class Guard:
             return True
         return self.sandbox is not None and _no_new_privs(peer.pid)
 
+    def replace_sandbox(self, settings: Settings, executables: Iterable[str]) -> None:
+        """Rebuild the sandbox for new programs or paths (a reload). Jobs
+        already running keep the rules they started with; the next ones get
+        the new rules.
+
+        Raises
+        ------
+        ConfigError
+            When the new paths cannot be had; the running sandbox stays.
+        """
+        policy = build_policy(
+            settings.sandbox,
+            executables,
+            readable_paths=settings.readable_paths,
+            writable_paths=settings.writable_paths,
+            state_dir=settings.state_dir,
+        )
+        sandbox = open_sandbox(policy)
+        old, self.policy, self.sandbox = self.sandbox, policy, sandbox
+        if self.scratch is not None:
+            self.scratch.forget_rulesets()
+        if old is not None:
+            old.close()
+        if sandbox is not None:
+            _log.info("sandbox.configured", abi=sandbox.abi, **policy.describe())
+
     def open_cgroups(self, settings: Settings, socket: str) -> None:
         """Take over this daemon's job cgroup subtree, reaping leftovers.
 

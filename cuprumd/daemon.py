@@ -12,20 +12,25 @@ import asyncio
 import importlib.util
 import os
 import signal
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from pydantic import ValidationError
 
 from cuprumd import __version__, pipeline
 from cuprumd.backend import NATIVE_MODULE, StreamBackend, decide_stream_backend
 from cuprumd.containment import Guard, prepare_guard
 from cuprumd.engine.limits import raise_fd_limit
 from cuprumd.errors import ConfigError, StartupError
-from cuprumd.jobs import Job, JobRegistry, Limits, Runner
+from cuprumd.jobs import Job, JobRegistry, Limits
 from cuprumd.listener import Listener, open_listener
 from cuprumd.logging import configure_logging, get_logger
 from cuprumd.models import JobResult
 from cuprumd.programs import Allowlist, load_allowlist
+from cuprumd.reload import plan_reload
 from cuprumd.server import Server
 from cuprumd.settings import LoadedSettings, Settings
 from cuprumd.systemd import Notifier
@@ -33,6 +38,8 @@ from cuprumd.systemd import Notifier
 __all__ = ["choose_event_loop", "run_daemon"]
 
 _log = get_logger("cuprumd.daemon")
+#: Reads the settings from their sources again (flags, environment, TOML).
+SettingsSource = Callable[[], LoadedSettings]
 
 
 def choose_event_loop(
@@ -64,29 +71,42 @@ def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def _make_runner(settings: Settings, backend: StreamBackend, guard: Guard) -> Runner:
-    options = pipeline.RunOptions.from_settings(
-        settings,
-        rlimits=guard.rlimits,
-        user=guard.job_user,
-        sandbox=guard.sandbox,
-        scratch=guard.scratch,
-        launcher=guard.launcher,
-        cgroups=guard.cgroups,
-        process_index=guard.index,
-    )
+class _JobRunner:
+    """Runs each job with the options in force when it starts; a reload
+    swaps them for the next job."""
 
-    async def run(job: Job) -> JobResult:
+    def __init__(
+        self, settings: Settings, backend: StreamBackend, guard: Guard
+    ) -> None:
+        self._backend = backend
+        self._guard = guard
+        self.options = self._options(settings)
+
+    def _options(self, settings: Settings) -> pipeline.RunOptions:
+        guard = self._guard
+        return pipeline.RunOptions.from_settings(
+            settings,
+            rlimits=guard.rlimits,
+            user=guard.job_user,
+            sandbox=guard.sandbox,
+            scratch=guard.scratch,
+            launcher=guard.launcher,
+            cgroups=guard.cgroups,
+            process_index=guard.index,
+        )
+
+    def configure(self, settings: Settings) -> None:
+        self.options = self._options(settings)
+
+    async def __call__(self, job: Job) -> JobResult:
         return await pipeline.execute(
             job.spec,
-            options,
-            backend,
+            self.options,
+            self._backend,
             job_id=job.job_id,
             cancel=job.cancel,
             executables=job.executables,
         )
-
-    return run
 
 
 def _resolve_allowlist(settings: Settings) -> Allowlist:
@@ -113,15 +133,61 @@ async def _watchdog(notifier: Notifier, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _serve(
+@dataclass
+class _Running:
+    """What a reload replaces, and the means to apply it."""
+
+    settings: Settings
+    allowlist: Allowlist
+    guard: Guard
+    runner: _JobRunner
+    registry: JobRegistry
+    server: Server
+    notifier: Notifier
+
+    def reload(self, source: SettingsSource) -> None:
+        """Apply what changed in the settings' sources, all of it or none.
+
+        Everything that can fail (reading, validating, resolving programs,
+        building the sandbox) runs before anything is replaced: a bad file
+        leaves the daemon exactly as it was, and says why.
+        """
+        self.notifier.send(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
+        try:
+            plan = plan_reload(self.settings, source().settings)
+            allowlist = self.allowlist
+            if "programs" in plan.applied:
+                allowlist = _resolve_allowlist(plan.settings)
+            if plan.rebuilds_sandbox:
+                self.guard.replace_sandbox(plan.settings, _executables(allowlist))
+        except (ConfigError, StartupError, ValidationError) as exc:
+            _log.error("daemon.reload_failed", error=str(exc))
+            self.notifier.send(ready=1, status="reload failed; old settings kept")
+            return
+        settings = plan.settings
+        self.settings, self.allowlist = settings, allowlist
+        self.runner.configure(settings)
+        self.registry.set_limits(Limits.from_settings(settings))
+        self.server.apply(settings, allowlist)
+        if "log_level" in plan.applied:
+            configure_logging(settings.log_format, settings.log_level)
+        if plan.restart_needed:
+            _log.warning("daemon.reload_restart_needed", keys=list(plan.restart_needed))
+        _log.info("daemon.reloaded", applied=list(plan.applied))
+        self.notifier.send(ready=1, status="serving; settings reloaded")
+
+
+async def _serve(  # noqa: PLR0917 - the start-up's results, in its order
     settings: Settings,
     backend: StreamBackend,
     allowlist: Allowlist,
     notifier: Notifier,
     guard: Guard,
+    source: SettingsSource | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop, hurry = asyncio.Event(), asyncio.Event()
+    running: _Running | None = None
 
     def on_signal(signum: signal.Signals) -> None:
         if stop.is_set():
@@ -130,33 +196,27 @@ async def _serve(
         stop.set()
         _log.info("daemon.stopping", signal=signum.name)
 
+    def on_hangup() -> None:
+        _log.info("daemon.reloading", signal="SIGHUP")
+        if running is None or source is None or stop.is_set():
+            _log.warning("daemon.reload_skipped", reason="not serving")
+            return
+        running.reload(source)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    # Until reloading is built, SIGHUP must at least not kill a serving daemon.
-    loop.add_signal_handler(
-        signal.SIGHUP,
-        lambda: _log.warning(
-            "daemon.reload_unsupported",
-            message="SIGHUP received; reloading settings is not supported yet: "
-            "restart the daemon to apply changes",
-        ),
-    )
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
 
-    limits = Limits(
-        settings.max_concurrent_jobs,
-        settings.max_queued_jobs,
-        settings.result_retention_seconds,
-        settings.max_retained_bytes,
-    )
     listener: Listener = open_listener(
         settings.socket_path, settings.socket_mode, settings.socket_group
     )
     # Only now: the subtree's leftovers are killed, and holding the socket
     # proves no other live daemon owns them.
     guard.open_cgroups(settings, str(settings.socket_path))
+    runner = _JobRunner(settings, backend, guard)
     registry = JobRegistry(
-        limits,
-        _make_runner(settings, backend, guard),
+        Limits.from_settings(settings),
+        runner,
         backend=str(backend),
         daemon_uid=os.getuid(),
     )
@@ -164,6 +224,9 @@ async def _serve(
     watchdog: asyncio.Task[None] | None = None
     try:
         await server.start(listener)
+        running = _Running(
+            settings, allowlist, guard, runner, registry, server, notifier
+        )
         where = listener.describe()
         notifier.send(
             ready=1,
@@ -177,7 +240,9 @@ async def _serve(
         notifier.send(stopping=1, status="stopping: finishing running jobs")
         server.stop_accepting()
         await registry.shutdown(
-            settings.shutdown_grace_seconds, settings.kill_grace_seconds, hurry
+            running.settings.shutdown_grace_seconds,
+            running.settings.kill_grace_seconds,
+            hurry,
         )
         await server.close_connections()
     finally:
@@ -229,8 +294,10 @@ def prepare_state_dir(path: Path | None) -> None:
         raise StartupError(msg) from None
 
 
-def run_daemon(loaded: LoadedSettings) -> int:
+def run_daemon(loaded: LoadedSettings, source: SettingsSource | None = None) -> int:
     """Start, serve until SIGTERM/SIGINT, and return the exit status (0).
+
+    ``source`` reads the settings again, as at start-up, for SIGHUP.
 
     Raises
     ------
@@ -277,7 +344,7 @@ def run_daemon(loaded: LoadedSettings) -> int:
     guard = prepare_guard(settings, _executables(allowlist), nofile_soft=nofile_soft)
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(settings, backend, allowlist, notifier, guard))
+            runner.run(_serve(settings, backend, allowlist, notifier, guard, source))
     except (StartupError, ConfigError) as exc:
         _log.error("daemon.failed", error=str(exc))
         raise

@@ -13,10 +13,12 @@ import asyncio
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cuprumd.errors import Busy, NotFound, WaitTimeout
+from cuprumd.frames import Lease
 from cuprumd.logging import get_logger
 from cuprumd.models import JobResult, JobSpec, JobState
 from cuprumd.outcome import Facts, build_result, now_iso
@@ -29,14 +31,64 @@ _END_STATES = [state for state in JobState if state.finished]
 _PUMPS = ("python", "rust-splice", "rust-copy")
 
 
-@dataclass(frozen=True)
+class _LimitSettings(Protocol):
+    """What ``Limits.from_settings`` reads (``Settings`` has it)."""
+
+    @property
+    def max_concurrent_jobs(self) -> int: ...
+    @property
+    def max_queued_jobs(self) -> int: ...
+    @property
+    def result_retention_seconds(self) -> float: ...
+    @property
+    def max_retained_bytes(self) -> int: ...
+    @property
+    def max_retained_jobs(self) -> int: ...
+    @property
+    def max_output_bytes(self) -> int: ...
+    @property
+    def max_running_jobs_per_uid(self) -> int | None: ...
+    @property
+    def max_queued_jobs_per_uid(self) -> int | None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
 class Limits:
-    """The settings that shape admission and retention."""
+    """The settings that shape admission and retention (their defaults live
+    in the settings model only)."""
 
     max_concurrent_jobs: int
     max_queued_jobs: int
     result_retention_seconds: float
-    max_retained_bytes: int = 256 << 20
+    max_retained_bytes: int
+    max_retained_jobs: int
+    #: What a submitted job reserves of ``max_retained_bytes`` until it ends.
+    max_output_bytes: int
+    max_running_jobs_per_uid: int | None
+    max_queued_jobs_per_uid: int | None
+
+    @classmethod
+    def from_settings(cls, settings: _LimitSettings) -> Limits:
+        return cls(
+            max_concurrent_jobs=settings.max_concurrent_jobs,
+            max_queued_jobs=settings.max_queued_jobs,
+            result_retention_seconds=settings.result_retention_seconds,
+            max_retained_bytes=settings.max_retained_bytes,
+            max_retained_jobs=settings.max_retained_jobs,
+            max_output_bytes=settings.max_output_bytes,
+            max_running_jobs_per_uid=settings.max_running_jobs_per_uid,
+            max_queued_jobs_per_uid=settings.max_queued_jobs_per_uid,
+        )
+
+    def running_cap(self) -> int:
+        """How many jobs one uid may run at once."""
+        per_uid = self.max_running_jobs_per_uid
+        return self.max_concurrent_jobs if per_uid is None else per_uid
+
+    def queued_cap(self) -> int:
+        """How many jobs one uid may have waiting."""
+        per_uid = self.max_queued_jobs_per_uid
+        return self.max_queued_jobs if per_uid is None else per_uid
 
 
 @dataclass(eq=False)
@@ -54,6 +106,12 @@ class Job:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     finished_at: float = 0.0
+    #: Bytes of ``max_retained_bytes`` held for this job's result until it
+    #: ends (then its real output size is counted instead).
+    reserved: int = 0
+    #: The share of the request-frame budget its input came in with; held
+    #: while the job holds that input (see ``cuprumd.frames``).
+    input_lease: Lease | None = None
 
 
 Runner = Callable[[Job], Awaitable[JobResult]]
@@ -86,11 +144,6 @@ def unstarted_result(
     return result.model_copy(update={"error": message})
 
 
-def _output_size(result: JobResult) -> int:
-    """What a kept result costs: its captured output, as encoded."""
-    return len(result.stdout) + sum(len(stage.stderr) for stage in result.stages)
-
-
 def _finished_event(job: Job, result: JobResult) -> dict[str, object]:
     """Metadata only: never stdin, output or environment values."""
     return {
@@ -106,6 +159,22 @@ def _finished_event(job: Job, result: JobResult) -> dict[str, object]:
         "stdout_truncated": result.stdout_truncated,
         **job.peer.as_log(),
     }
+
+
+@dataclass
+class Tally:
+    """Totals since start-up, for the daemon or for one uid."""
+
+    accepted: int = 0
+    ended: Counter[str] = field(default_factory=Counter)
+    bytes_by_pump: Counter[str] = field(default_factory=Counter)
+
+
+def _decrement(counts: Counter[int], key: int) -> None:
+    """Count one down, dropping the key at zero so the map stays small."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 class JobRegistry:
@@ -130,10 +199,19 @@ class JobRegistry:
         self._running: dict[Job, asyncio.Task[None]] = {}
         self._retained: OrderedDict[str, Job] = OrderedDict()
         self._retained_bytes = 0
+        self._reserved_bytes = 0
+        self._detached_open = 0
+        self._running_by_uid: Counter[int] = Counter()
+        self._queued_by_uid: Counter[int] = Counter()
         self._closing = False
-        self.accepted = 0
-        self.ended: Counter[str] = Counter()
-        self.bytes_by_pump: Counter[str] = Counter()
+        self._tally = Tally()
+        self._tallies: dict[int, Tally] = {}
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (a reload): they apply to the next admission; jobs
+        already admitted keep their place, and raised ones start now."""
+        self._limits = limits
+        self._fill_slots()
 
     # -- admission -----------------------------------------------------------
 
@@ -151,40 +229,81 @@ class JobRegistry:
         if self._closing:
             raise Busy("the daemon is shutting down")
         limits = self._limits
-        free_slot = len(self._running) < limits.max_concurrent_jobs
-        if not free_slot and len(self._queue) >= limits.max_queued_jobs:
-            msg = (
-                f"all {limits.max_concurrent_jobs} job slots are taken and the "
-                f"queue is full ({limits.max_queued_jobs}); retry later"
-            )
-            raise Busy(msg)
-        if detached and self._retained_bytes >= limits.max_retained_bytes:
-            msg = (
-                f"{len(self._retained)} finished jobs hold "
-                f"{self._retained_bytes} bytes of unfetched output, over "
-                f"max_retained_bytes ({limits.max_retained_bytes}); fetch them "
-                "with wait, or retry once they expire"
-            )
-            raise Busy(msg)
+        uid = peer.uid
+        startable = (
+            len(self._running) < limits.max_concurrent_jobs
+            and self._running_by_uid[uid] < limits.running_cap()
+        )
+        if not startable:
+            self._check_queue(uid)
+        reserve = self._reserve() if detached else 0
         job = Job(secrets.token_hex(8), spec, executables, peer, detached)
+        job.reserved = reserve
+        if detached:
+            self._detached_open += 1
+            self._reserved_bytes += reserve
         self._jobs[job.job_id] = job
-        self.accepted += 1
+        for tally in self._tallies_of(uid):
+            tally.accepted += 1
         _log.info(
             "job.accepted",
             job_id=job.job_id,
             argv0s=spec.argv0s,
             detached=detached,
-            queued=not free_slot,
+            queued=not startable,
             **peer.as_log(),
         )
-        if free_slot:
+        if startable:
             self._start(job)
         else:
             self._queue.append(job)
+            self._queued_by_uid[uid] += 1
         return job
+
+    def _check_queue(self, uid: int) -> None:
+        limits = self._limits
+        if len(self._queue) >= limits.max_queued_jobs:
+            msg = (
+                f"all {limits.max_concurrent_jobs} job slots are taken and the "
+                f"queue is full ({limits.max_queued_jobs}); retry later"
+            )
+            raise Busy(msg)
+        waiting = self._queued_by_uid[uid]
+        if waiting >= limits.queued_cap():
+            msg = (
+                f"uid {uid} already has {waiting} jobs waiting for a slot, the "
+                f"max_queued_jobs_per_uid limit ({limits.queued_cap()}); retry "
+                "once some have started"
+            )
+            raise Busy(msg)
+
+    def _reserve(self) -> int:
+        """Hold room for a submitted job's result before it can produce one,
+        so unfetched results never exceed the bounds, however they end."""
+        limits = self._limits
+        kept = len(self._retained) + self._detached_open
+        if kept >= limits.max_retained_jobs:
+            msg = (
+                f"{kept} submitted jobs are unfetched or unfinished, the "
+                f"max_retained_jobs limit ({limits.max_retained_jobs}); fetch "
+                "results with wait, or retry once they expire"
+            )
+            raise Busy(msg)
+        held = self._retained_bytes + self._reserved_bytes
+        if held + limits.max_output_bytes > limits.max_retained_bytes:
+            msg = (
+                f"unfetched results hold {self._retained_bytes} bytes and "
+                f"unfinished submitted jobs reserve {self._reserved_bytes} "
+                f"(max_output_bytes each); one more would pass "
+                f"max_retained_bytes ({limits.max_retained_bytes}); fetch "
+                "results with wait, or retry later"
+            )
+            raise Busy(msg)
+        return limits.max_output_bytes
 
     def _start(self, job: Job) -> None:
         job.state = JobState.RUNNING
+        self._running_by_uid[job.peer.uid] += 1
         self._running[job] = asyncio.create_task(self._run(job))
 
     async def _run(self, job: Job) -> None:
@@ -202,23 +321,48 @@ class JobRegistry:
                     job, JobState.CANCELLED, message, self._backend
                 )
             del self._running[job]
+            _decrement(self._running_by_uid, job.peer.uid)
             self._finish(job, result)
             self._fill_slots()
 
     def _fill_slots(self) -> None:
+        """Start queued jobs in order, passing over those whose uid already
+        runs its share."""
+        cap = self._limits.running_cap()
         while self._queue and len(self._running) < self._limits.max_concurrent_jobs:
-            self._start(self._queue.popleft())
+            job = next(
+                (j for j in self._queue if self._running_by_uid[j.peer.uid] < cap),
+                None,
+            )
+            if job is None:
+                return
+            self._dequeue(job)
+            self._start(job)
+
+    def _dequeue(self, job: Job) -> None:
+        self._queue.remove(job)
+        _decrement(self._queued_by_uid, job.peer.uid)
 
     def _finish(self, job: Job, result: JobResult) -> None:
         job.result = result
+        if job.spec.stdin is not None:  # kept results must not keep inputs
+            job.spec = job.spec.model_copy(update={"stdin": None})
+        if job.input_lease is not None:
+            job.input_lease.release()
+            job.input_lease = None
         job.state = result.state
         job.finished_at = self._clock()
-        self.ended[str(result.state)] += 1
-        for transfer in result.transfers:
-            self.bytes_by_pump[transfer.pump] += transfer.bytes
-        if job.detached and job.job_id in self._jobs:
-            self._retained[job.job_id] = job
-            self._retained_bytes += _output_size(result)
+        for tally in self._tallies_of(job.peer.uid):
+            tally.ended[str(result.state)] += 1
+            for transfer in result.transfers:
+                tally.bytes_by_pump[transfer.pump] += transfer.bytes
+        if job.detached:
+            self._detached_open -= 1
+            self._reserved_bytes -= job.reserved
+            job.reserved = 0
+            if job.job_id in self._jobs:
+                self._retained[job.job_id] = job
+                self._retained_bytes += result.output_bytes
         job.done.set()
         _log.info("job.finished", **_finished_event(job, result))
 
@@ -271,7 +415,7 @@ class JobRegistry:
         """Ask the job to stop; a queued job ends at once, a running one once
         its processes are gone."""
         if job.state is JobState.QUEUED:
-            self._queue.remove(job)
+            self._dequeue(job)
             message = "cancelled before it started"
             self._finish(
                 job, unstarted_result(job, JobState.CANCELLED, message, self._backend)
@@ -284,7 +428,7 @@ class JobRegistry:
         self._jobs.pop(job.job_id, None)
         if self._retained.pop(job.job_id, None) is not None:
             assert job.result is not None
-            self._retained_bytes -= _output_size(job.result)
+            self._retained_bytes -= job.result.output_bytes
 
     def _purge(self) -> None:
         """Expire unfetched results; finish order is expiry order."""
@@ -295,20 +439,36 @@ class JobRegistry:
                 break
             self.forget(job)
 
-    def counters(self) -> dict[str, object]:
-        """The numbers behind the ``stats`` op."""
+    def _tallies_of(self, uid: int) -> tuple[Tally, Tally]:
+        """The daemon's tally and ``uid``'s (one per uid that ever had a job)."""
+        tally = self._tallies.get(uid)
+        if tally is None:
+            tally = self._tallies[uid] = Tally()
+        return self._tally, tally
+
+    def counters(self, uid: int | None = None) -> dict[str, object]:
+        """The numbers behind the ``stats`` op: the daemon's, or only what
+        the jobs of ``uid`` did."""
         self._purge()
-        jobs = {str(JobState.QUEUED): len(self._queue)}
-        jobs[str(JobState.RUNNING)] = len(self._running)
-        jobs.update({str(state): self.ended[str(state)] for state in _END_STATES})
+
+        def mine(jobs: Iterable[Job]) -> list[Job]:
+            return [j for j in jobs if uid is None or j.peer.uid == uid]
+
+        tally = self._tally if uid is None else self._tallies.get(uid, Tally())
+        queued, running = mine(self._queue), mine(self._running)
+        retained = mine(self._retained.values())
+        jobs = {str(JobState.QUEUED): len(queued), str(JobState.RUNNING): len(running)}
+        jobs.update({str(state): tally.ended[str(state)] for state in _END_STATES})
         return {
             "jobs": jobs,
-            "bytes": {pump: self.bytes_by_pump[pump] for pump in _PUMPS},
-            "queue_depth": len(self._queue),
-            "running": len(self._running),
-            "accepted": self.accepted,
-            "retained": len(self._retained),
-            "retained_bytes": self._retained_bytes,
+            "bytes": {pump: tally.bytes_by_pump[pump] for pump in _PUMPS},
+            "queue_depth": len(queued),
+            "running": len(running),
+            "accepted": tally.accepted,
+            "retained": len(retained),
+            "retained_bytes": sum(
+                job.result.output_bytes for job in retained if job.result is not None
+            ),
         }
 
     # -- shutdown --------------------------------------------------------------

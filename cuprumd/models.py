@@ -12,7 +12,14 @@ import binascii
 import enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Encoding",
@@ -183,3 +190,11 @@ class JobResult(BaseModel):
     finished_at: str
     duration_ms: float
     error: str | None = None
+    #: The bytes of output the job wrote and the result keeps (stdout and
+    #: every stderr, before encoding): what a retained result costs.
+    _output_bytes: int = PrivateAttr(default=0)
+
+    @property
+    def output_bytes(self) -> int:
+        """Captured output in bytes as the job wrote them (not on the wire)."""
+        return self._output_bytes

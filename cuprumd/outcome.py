@@ -157,7 +157,7 @@ def build_result(facts: Facts) -> JobResult:
         )
         for i, t in enumerate(facts.transfers)
     ]
-    return JobResult.model_construct(
+    result = JobResult.model_construct(
         job_id=facts.job_id,
         state=state,
         stream_backend=facts.backend,
@@ -172,3 +172,5 @@ def build_result(facts: Facts) -> JobResult:
         duration_ms=facts.duration_ms,
         error=facts.error,
     )
+    result._output_bytes = len(facts.stdout[0]) + sum(len(e) for e, _ in facts.stderrs)
+    return result

@@ -8,16 +8,15 @@ daemon that adds a field does not break an older client.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any, Literal
+import re
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cuprumd.errors import (
     PROTOCOL_ERRORS,
     BadRequest,
-    FrameTooLarge,
     ProtocolError,
     UnknownOp,
 )
@@ -49,10 +48,17 @@ __all__ = [
     "ok_reply",
     "parse_reply",
     "parse_request",
-    "read_frame",
+    "too_many_values",
 ]
 
 PROTOCOL_VERSION = 1
+#: JSON values (objects, arrays and their members) one request may hold. A
+#: job of ``max_stages`` stages needs a few per argument; decoding millions
+#: of them would hold the interpreter for a second, so a frame with more is
+#: refused before it is decoded.
+MAX_REQUEST_VALUES = 100_000
+_STRUCTURE = re.compile(rb'["{\[,]')
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 class _Request(BaseModel):
@@ -126,15 +132,11 @@ Request = (
     | StatsRequest
 )
 
-REQUEST_TYPES: dict[str, type[_Request]] = {
-    "ping": PingRequest,
-    "run": RunRequest,
-    "submit": SubmitRequest,
-    "status": StatusRequest,
-    "wait": WaitRequest,
-    "cancel": CancelRequest,
-    "list": ListRequest,
-    "stats": StatsRequest,
+#: Each op's name comes from its model's ``op`` literal, so the union, this
+#: map and the server's ``match`` cannot disagree.
+REQUEST_TYPES: dict[str, type[Request]] = {
+    get_args(model.model_fields["op"].annotation)[0]: model
+    for model in get_args(Request)
 }
 
 
@@ -178,8 +180,10 @@ class JobList(_Result):
 
 class StatsResult(_Result):
     """``stats``: jobs by state (current for queued/running, totals for end
-    states), bytes moved by each pump, the queue, and error replies by code."""
+    states), bytes moved by each pump, the queue, and error replies by code;
+    ``scope`` says whose: the whole daemon's, or the asking uid's own."""
 
+    scope: Literal["daemon", "uid"] = "daemon"
     jobs: dict[str, int]
     bytes: dict[str, int]
     queue_depth: int
@@ -239,6 +243,27 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def too_many_values(line: bytes, limit: int = MAX_REQUEST_VALUES) -> bool:
+    """Whether the frame holds more than ``limit`` JSON values, found by
+    counting ``{``, ``[`` and ``,`` outside strings: no object is built, and
+    the count stops as soon as it passes the limit."""
+    if line.count(b",") + line.count(b"{") + line.count(b"[") <= limit:
+        return False  # the common case: not even counting strings' insides
+    seen, pos = 0, 0
+    while (token := _STRUCTURE.search(line, pos)) is not None:
+        if token.group() == b'"':
+            rest = _STRING_REST.match(line, token.end())
+            if rest is None:
+                return False  # an unterminated string: the decoder says so
+            pos = rest.end()
+            continue
+        seen += 1
+        if seen > limit:
+            return True
+        pos = token.end()
+    return False
+
+
 def parse_request(line: bytes, *, max_stages: int) -> Request:
     """Decode one frame into a typed request.
 
@@ -248,6 +273,9 @@ def parse_request(line: bytes, *, max_stages: int) -> Request:
         Carrying ``bad_request`` or ``unknown_op`` and the request's ``id``
         (``None`` when the frame is not a JSON object).
     """
+    if too_many_values(line):
+        msg = f"request holds more than {MAX_REQUEST_VALUES} JSON values"
+        raise RequestError(None, BadRequest(msg))
     try:
         text = line.decode("utf-8").strip()
         obj = json.loads(
@@ -276,42 +304,22 @@ def parse_request(line: bytes, *, max_stages: int) -> Request:
     if model is None:
         known = ", ".join(REQUEST_TYPES)
         raise RequestError(request_id, UnknownOp(f"unknown op {op!r}; known: {known}"))
+    if model is RunRequest or model is SubmitRequest:
+        _check_stage_count(obj, request_id, max_stages)
     try:
-        request: Request = model.model_validate(obj)  # type: ignore[assignment]
+        return model.model_validate(obj)
     except ValidationError as exc:
         raise RequestError(request_id, BadRequest(_describe(exc))) from None
-    if isinstance(request, RunRequest | SubmitRequest):
-        count = len(request.job.stages)
-        if count > max_stages:
-            msg = f"job.stages: {count} stages, more than max_stages ({max_stages})"
-            raise RequestError(request_id, BadRequest(msg))
-    return request
 
 
-async def read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """Read one request line; ``None`` at end of stream.
-
-    The reader's ``limit`` is the frame limit. A final line without its
-    newline still counts as a frame; blank lines are skipped.
-
-    Raises
-    ------
-    FrameTooLarge
-        When a line exceeds the limit; the caller must close the connection,
-        since the rest of that line can no longer be told from the next one.
-    """
-    while True:
-        try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            line = exc.partial
-            if not line.strip():
-                return None
-        except asyncio.LimitOverrunError:
-            msg = "request line exceeds max_request_bytes; closing the connection"
-            raise FrameTooLarge(msg) from None
-        if line.strip():
-            return line
+def _check_stage_count(obj: dict[str, Any], request_id: Any, max_stages: int) -> None:
+    """Refuse too many stages before any is validated: counting is cheap,
+    checking 400,000 stages is not."""
+    job = obj.get("job")
+    stages = job.get("stages") if isinstance(job, dict) else None
+    if isinstance(stages, list) and len(stages) > max_stages:
+        msg = f"job.stages: {len(stages)} stages, more than max_stages ({max_stages})"
+        raise RequestError(request_id, BadRequest(msg))
 
 
 def _dumps(value: Any, *, ascii_only: bool = False) -> str:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import BaseModel
 
@@ -24,14 +24,17 @@ from cuprumd.containment import Guard
 from cuprumd.engine.environment import denied_env_names
 from cuprumd.errors import (
     BadRequest,
+    Busy,
     Forbidden,
     FrameTooLarge,
     Internal,
     ProtocolError,
 )
+from cuprumd.frames import CHUNK_BYTES, FREE_BYTES, Frame, FrameBudget, FrameReader
 from cuprumd.jobs import Job, JobRegistry
 from cuprumd.listener import Listener
 from cuprumd.logging import get_logger
+from cuprumd.memory import HeapTrimmer
 from cuprumd.models import JobSpec
 from cuprumd.peers import Peer, is_peer_allowed, peer_credentials
 from cuprumd.programs import Allowlist
@@ -45,6 +48,7 @@ from cuprumd.protocol import (
     ListRequest,
     PingRequest,
     PingResult,
+    Request,
     RequestError,
     RunRequest,
     StatsRequest,
@@ -55,7 +59,6 @@ from cuprumd.protocol import (
     error_reply,
     ok_reply,
     parse_request,
-    read_frame,
 )
 from cuprumd.settings import Settings
 
@@ -67,6 +70,9 @@ _log = get_logger("cuprumd.server")
 HANGUP_POLL_SECONDS = 0.25
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 _NOTHING = object()
+#: Large request frames (``max_request_bytes`` each) held at once, all
+#: connections together; see ``cuprumd.frames``.
+LARGE_FRAMES = 8
 
 
 def _hung_up(fd: int) -> bool:
@@ -81,7 +87,7 @@ class Connection:
     """One client connection; ``pending`` holds a frame read ahead while a
     ``run`` watched for hang-up, so it is served next, never lost."""
 
-    reader: asyncio.StreamReader
+    frames: FrameReader
     writer: asyncio.StreamWriter
     peer: Peer
     fd: int
@@ -89,13 +95,13 @@ class Connection:
     busy: bool = False
     pending: object = field(default=_NOTHING)
 
-    async def next_frame(self) -> bytes | None:
+    async def next_frame(self) -> Frame | None:
         frame, self.pending = self.pending, _NOTHING
         if frame is _NOTHING:
-            return await read_frame(self.reader)
+            return await self.frames.next()
         if isinstance(frame, FrameTooLarge):
             raise frame
-        assert frame is None or isinstance(frame, bytes)
+        assert frame is None or isinstance(frame, Frame)
         return frame
 
     async def send(self, data: bytes) -> None:
@@ -106,7 +112,7 @@ class Connection:
         """Return once the client is gone for good."""
         if self.pending is _NOTHING:
             try:
-                self.pending = await read_frame(self.reader)
+                self.pending = await self.frames.next()
             except FrameTooLarge as exc:
                 self.pending = exc
             except OSError:
@@ -114,8 +120,14 @@ class Connection:
         while not _hung_up(self.fd):
             await asyncio.sleep(HANGUP_POLL_SECONDS)
 
-
-Handler = Callable[[Connection, Any], Awaitable[BaseModel | None]]
+    def close(self) -> None:
+        """Give back what the connection holds: a read-ahead frame's lease,
+        a partial line, the socket."""
+        if isinstance(self.pending, Frame):
+            self.pending.lease.release()
+        self.pending = _NOTHING
+        self.frames.close()
+        self.writer.close()
 
 
 class Server:
@@ -135,25 +147,27 @@ class Server:
         self._allowlist = allowlist
         self._registry = registry
         self._connections: set[Connection] = set()
+        self._by_uid: Counter[int] = Counter()
+        self._budget = FrameBudget(LARGE_FRAMES * settings.max_request_bytes)
+        self._heap = HeapTrimmer()
         self._errors: Counter[str] = Counter()
+        self._errors_by_uid: dict[int, Counter[str]] = {}
         self._closing = False
         self._started = time.monotonic()
         self._server: asyncio.AbstractServer | None = None
-        self._handlers: dict[type[BaseModel], Handler] = {
-            PingRequest: self._ping,
-            RunRequest: self._run,
-            SubmitRequest: self._submit,
-            StatusRequest: self._status,
-            WaitRequest: self._wait,
-            CancelRequest: self._cancel,
-            ListRequest: self._list,
-            StatsRequest: self._stats,
-        }
+
+    def apply(self, settings: Settings, allowlist: Allowlist) -> None:
+        """Serve with reloaded settings from the next request on."""
+        self._settings = settings
+        self._allowlist = allowlist
 
     async def start(self, listener: Listener) -> None:
         """Accept connections on the listener (already bound and listening)."""
         self._server = await asyncio.start_unix_server(
-            self._handle, sock=listener.sock, limit=self._settings.max_request_bytes
+            self._handle,
+            sock=listener.sock,
+            limit=CHUNK_BYTES,
+            backlog=socket.SOMAXCONN,  # it listens again, by default with 100
         )
 
     # -- connections -------------------------------------------------------
@@ -164,11 +178,20 @@ class Server:
         conn: Connection | None = None
         try:
             sock = writer.get_extra_info("socket")
+            peer = peer_credentials(sock)
+            refusal = self._refusal(peer)
+            if refusal is not None:
+                await self._turn_away(writer, peer, refusal)
+                return
             conn = Connection(
-                reader, writer, peer_credentials(sock), sock.fileno(), task=None
+                FrameReader(reader, self._settings.max_request_bytes, self._budget),
+                writer,
+                peer,
+                sock.fileno(),
+                task=asyncio.current_task(),
             )
-            conn.task = asyncio.current_task()
             self._connections.add(conn)
+            self._by_uid[peer.uid] += 1
             await self._converse(conn)
         except (ConnectionError, TimeoutError) as exc:
             _log.debug("connection.lost", error=type(exc).__name__)
@@ -179,67 +202,141 @@ class Server:
                 "connection.error", **({} if conn is None else conn.peer.as_log())
             )
         finally:
-            if conn is not None:
+            if conn is None:
+                writer.close()
+            else:
                 self._connections.discard(conn)
-            writer.close()
+                self._by_uid[conn.peer.uid] -= 1
+                if self._by_uid[conn.peer.uid] <= 0:
+                    del self._by_uid[conn.peer.uid]
+                conn.close()
+
+    async def _turn_away(
+        self, writer: asyncio.StreamWriter, peer: Peer, refusal: ProtocolError
+    ) -> None:
+        """One error line, then close: not a byte of the peer's input is
+        read, let alone parsed."""
+        _log.warning(
+            "peer.refused", code=refusal.code, reason=str(refusal), **peer.as_log()
+        )
+        self._count_error(peer, refusal.code)
+        writer.write(error_reply(None, refusal))
+        async with asyncio.timeout(1.0):
+            await writer.drain()
+
+    def _refusal(self, peer: Peer) -> ProtocolError | None:
+        """Why ``peer`` may not open a conversation now, or None; judged on
+        accept, before anything it sent is read."""
+        settings = self._settings
+        if self._guard.is_job_peer(peer):
+            return Forbidden("jobs cannot submit jobs")
+        if not is_peer_allowed(
+            peer, settings.allowed_uids, settings.allowed_gids, os.getuid()
+        ):
+            return Forbidden(f"uid {peer.uid} / gid {peer.gid} may not use this daemon")
+        if len(self._connections) >= settings.max_connections:
+            return Busy(
+                f"the daemon holds {len(self._connections)} connections, its "
+                "max_connections; retry later"
+            )
+        held = self._by_uid[peer.uid]
+        if held >= settings.max_connections_per_uid:
+            return Busy(
+                f"uid {peer.uid} holds {held} connections, the "
+                "max_connections_per_uid limit; close some or retry later"
+            )
+        return None
 
     async def _converse(self, conn: Connection) -> None:
-        refusal = self._refusal(conn.peer)
-        if refusal is not None:
-            # Not a byte of a refused peer's input is read, let alone parsed.
-            _log.warning("peer.forbidden", reason=refusal, **conn.peer.as_log())
-            self._errors[Forbidden.code] += 1
-            await conn.send(error_reply(None, Forbidden(refusal)))
-            return
+        idle = self._settings.idle_timeout_seconds
         while not self._closing:
             try:
-                frame = await conn.next_frame()
+                async with asyncio.timeout(idle):
+                    frame = await conn.next_frame()
             except FrameTooLarge as exc:
-                self._errors[exc.code] += 1
+                self._count_error(conn.peer, exc.code)
                 await conn.send(error_reply(None, exc))
+                return
+            except TimeoutError:
+                _log.info("connection.idle", seconds=idle, **conn.peer.as_log())
                 return
             if frame is None:
                 return
             conn.busy = True
-            reply = await self._dispatch(conn, frame)
+            large = len(frame.data) > FREE_BYTES
+            try:
+                reply = await self._dispatch(conn, frame)
+            finally:
+                frame.lease.release()  # unless a job took it
+                del frame
             if reply is None:
                 return
-            await conn.send(reply)
+            large = large or len(reply) > FREE_BYTES
+            try:
+                # A client that does not read its reply costs this one reply,
+                # and only for as long as an idle connection may live.
+                async with asyncio.timeout(idle):
+                    await conn.send(reply)
+            except TimeoutError:
+                _log.info("connection.stalled", seconds=idle, **conn.peer.as_log())
+                return
+            del reply
+            if large:
+                self._heap.after_large()
             conn.busy = False
 
-    def _refusal(self, peer: Peer) -> str | None:
-        """Why ``peer`` may not talk to us, or None; judged on accept."""
-        settings = self._settings
-        if self._guard.is_job_peer(peer):
-            return "jobs cannot submit jobs"
-        if not is_peer_allowed(
-            peer, settings.allowed_uids, settings.allowed_gids, os.getuid()
-        ):
-            return f"uid {peer.uid} / gid {peer.gid} may not use this daemon"
-        return None
-
-    async def _dispatch(self, conn: Connection, frame: bytes) -> bytes | None:
+    async def _dispatch(self, conn: Connection, frame: Frame) -> bytes | None:
         """The reply to one frame, or ``None`` when the client left."""
+        max_stages = self._settings.max_stages
         try:
-            request = parse_request(frame, max_stages=self._settings.max_stages)
+            if len(frame.data) > FREE_BYTES:
+                # Decoding megabytes must not stall every other connection.
+                request = await asyncio.to_thread(
+                    parse_request, frame.data, max_stages=max_stages
+                )
+            else:
+                request = parse_request(frame.data, max_stages=max_stages)
         except RequestError as exc:
-            self._errors[exc.error.code] += 1
+            self._count_error(conn.peer, exc.error.code)
             _log.info("request.invalid", code=exc.error.code, **conn.peer.as_log())
             return error_reply(exc.request_id, exc.error)
         try:
-            result = await self._handlers[type(request)](conn, request)
+            result = await self._serve(conn, request, frame)
         except ProtocolError as exc:
-            self._errors[exc.code] += 1
+            self._count_error(conn.peer, exc.code)
             return error_reply(request.id, exc)
         except Exception:
             _log.exception("request.failed", op=request.op, **conn.peer.as_log())
-            self._errors[Internal.code] += 1
+            self._count_error(conn.peer, Internal.code)
             return error_reply(request.id, Internal("internal error; see daemon log"))
         return None if result is None else ok_reply(request.id, result)
 
+    async def _serve(  # noqa: PLR0911 - one arm per op
+        self, conn: Connection, request: Request, frame: Frame
+    ) -> BaseModel | None:
+        match request:
+            case PingRequest():
+                return self._ping()
+            case RunRequest():
+                return await self._run(conn, request, frame)
+            case SubmitRequest():
+                return self._submit(conn, request, frame)
+            case StatusRequest():
+                return self._status(conn, request)
+            case WaitRequest():
+                return await self._wait(conn, request)
+            case CancelRequest():
+                return await self._cancel(conn, request)
+            case ListRequest():
+                return self._list(conn)
+            case StatsRequest():
+                return self._stats(conn)
+            case _:
+                assert_never(request)
+
     # -- operations ----------------------------------------------------------
 
-    async def _ping(self, _conn: Connection, _request: PingRequest) -> PingResult:
+    def _ping(self) -> PingResult:
         return PingResult(
             version=__version__,
             protocol=PROTOCOL_VERSION,
@@ -247,13 +344,18 @@ class Server:
             pid=os.getpid(),
         )
 
-    def _admit(self, conn: Connection, spec: JobSpec, *, detached: bool) -> Job:
+    def _admit(
+        self, conn: Connection, spec: JobSpec, frame: Frame, *, detached: bool
+    ) -> Job:
         """Check the allowlist, then take a slot: nothing is spawned for a
-        job that would be refused."""
+        job that would be refused. An admitted job keeps the frame's lease
+        while it holds the frame's input."""
         try:
             self._check_contained(spec)
             executables = self._allowlist.resolve_all(spec.argv0s)
-            return self._registry.admit(spec, executables, conn.peer, detached=detached)
+            job = self._registry.admit(spec, executables, conn.peer, detached=detached)
+            job.input_lease = frame.lease.hand_over()
+            return job
         except ProtocolError as exc:
             _log.warning(
                 "job.rejected",
@@ -287,8 +389,10 @@ class Server:
             )
             raise BadRequest(msg)
 
-    async def _run(self, conn: Connection, request: RunRequest) -> BaseModel | None:
-        job = self._admit(conn, request.job, detached=False)
+    async def _run(
+        self, conn: Connection, request: RunRequest, frame: Frame
+    ) -> BaseModel | None:
+        job = self._admit(conn, request.job, frame, detached=False)
         try:
             watcher = asyncio.create_task(conn.hangup())
             finished = asyncio.create_task(job.done.wait())
@@ -305,10 +409,11 @@ class Server:
         finally:
             self._registry.forget(job)
 
-    async def _submit(self, conn: Connection, request: SubmitRequest) -> JobRef:
-        return JobRef(job_id=self._admit(conn, request.job, detached=True).job_id)
+    def _submit(self, conn: Connection, request: SubmitRequest, frame: Frame) -> JobRef:
+        job = self._admit(conn, request.job, frame, detached=True)
+        return JobRef(job_id=job.job_id)
 
-    async def _status(self, conn: Connection, request: StatusRequest) -> JobStatus:
+    def _status(self, conn: Connection, request: StatusRequest) -> JobStatus:
         job = self._registry.get(request.job_id, conn.peer)
         return JobStatus(job_id=job.job_id, state=job.state)
 
@@ -326,19 +431,29 @@ class Server:
         ended.cancel()
         return JobStatus(job_id=job.job_id, state=job.state)
 
-    async def _list(self, conn: Connection, _request: ListRequest) -> JobList:
+    def _list(self, conn: Connection) -> JobList:
         jobs = [
             JobSummary(job_id=job.job_id, state=job.state, argv0s=job.spec.argv0s)
             for job in self._registry.jobs(conn.peer)
         ]
         return JobList(jobs=jobs)
 
-    async def _stats(self, _conn: Connection, _request: StatsRequest) -> StatsResult:
-        counters: dict[str, Any] = self._registry.counters()
+    def _count_error(self, peer: Peer, code: str) -> None:
+        self._errors[code] += 1
+        self._errors_by_uid.setdefault(peer.uid, Counter())[code] += 1
+
+    def _stats(self, conn: Connection) -> StatsResult:
+        """Root and the daemon's user see the daemon's counters; anyone else
+        sees only their own jobs, errors and connections."""
+        uid = conn.peer.uid
+        whole = uid in (0, os.getuid())
+        counters: dict[str, Any] = self._registry.counters(None if whole else uid)
+        errors = self._errors if whole else self._errors_by_uid.get(uid, Counter())
         return StatsResult(
             **counters,
-            errors=dict(self._errors),
-            connections=len(self._connections),
+            scope="daemon" if whole else "uid",
+            errors=dict(errors),
+            connections=len(self._connections) if whole else self._by_uid[uid],
             max_concurrent_jobs=self._settings.max_concurrent_jobs,
             max_queued_jobs=self._settings.max_queued_jobs,
             stream_backend=self._backend,
@@ -356,6 +471,7 @@ class Server:
         """End every conversation: idle ones now, busy ones once their reply
         is written (or ``flush_seconds`` pass)."""
         self._closing = True
+        self._heap.close()
         tasks = {conn.task for conn in self._connections if conn.task is not None}
         for conn in list(self._connections):
             if not conn.busy and conn.task is not None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     result_retention_seconds: float = Field(default=600.0, ge=0)
     max_retained_bytes: int = Field(default=256 << 20, ge=0)
+    max_retained_jobs: int = Field(default=10_000, ge=0, le=10_000_000)
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000)
+    max_connections_per_uid: int = Field(default=128, ge=1, le=1_000_000)
+    idle_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    max_running_jobs_per_uid: int | None = Field(default=None, ge=1)
+    max_queued_jobs_per_uid: int | None = Field(default=None, ge=0)
     pump_buffer_size: int = Field(default=1 << 20, ge=4096, le=GiB)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log_format: Literal["json", "console"] = "json"
@@ -211,6 +217,18 @@ class Settings(BaseSettings):
                 msg = f"rlimit {name} must be >= 0, got {limit}"
                 raise ValueError(msg)
         return limits
+
+    @model_validator(mode="after")
+    def _retention_fits_one_result(self) -> Settings:
+        if 0 < self.max_retained_bytes < self.max_output_bytes:
+            msg = (
+                f"max_retained_bytes ({self.max_retained_bytes}) is below "
+                f"max_output_bytes ({self.max_output_bytes}): a submitted job "
+                "reserves max_output_bytes, so none could be admitted; raise "
+                "it, or set it to 0 to refuse submit on purpose"
+            )
+            raise ValueError(msg)
+        return self
 
     @property
     def any_program(self) -> bool:

@@ -57,6 +57,7 @@ class JobScratch:
         self._space = space
         self._held = True
         self._stamp = _ctime(path)
+        self._generation = space.generation
 
     def release(self, *, reusable: bool) -> None:
         """Hand the directory back (idempotent).
@@ -74,7 +75,11 @@ class JobScratch:
         self._held = False
         untouched = _ctime(self.path) == self._stamp
         if reusable and untouched:
-            self._space.recycle(self.path, self.ruleset)
+            ruleset = self.ruleset
+            if ruleset is not None and self._generation != self._space.generation:
+                ruleset.close()  # built from a sandbox that was replaced
+                ruleset = None
+            self._space.recycle(self.path, ruleset)
             return
         if self.ruleset is not None:
             self.ruleset.close()
@@ -102,6 +107,9 @@ class ScratchSpace:
     ) -> None:
         self._owner = owner
         self._free: list[tuple[Path, Ruleset | None, int]] = []
+        #: Counts sandbox replacements: a ruleset from an older one is not
+        #: kept with its directory.
+        self.generation = 0
         self._names = itertools.count(1)
         self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
         self._remover = threading.Thread(
@@ -139,6 +147,15 @@ class ScratchSpace:
         if self._owner is not None:
             os.chown(path, *self._owner)
         return JobScratch(self, path)
+
+    def forget_rulesets(self) -> None:
+        """The sandbox changed: close every kept ruleset, now for idle
+        directories and at release for those in use."""
+        self.generation += 1
+        for _path, ruleset, _stamp in self._free:
+            if ruleset is not None:
+                ruleset.close()
+        self._free = [(path, None, stamp) for path, _ruleset, stamp in self._free]
 
     def recycle(self, path: Path, ruleset: Ruleset | None) -> None:
         """Take back an untouched directory whose job is certainly over."""

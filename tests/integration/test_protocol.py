@@ -275,7 +275,10 @@ def test_forbidden_peer() -> None:
             assert error_of(waiting.read()) == "forbidden"  # without asking
         assert daemon.proc.poll() is None
         assert not daemon.children()
-        assert any(e["event"] == "peer.forbidden" for e in daemon.events())
+        assert any(
+            e["event"] == "peer.refused" and e["code"] == "forbidden"
+            for e in daemon.events()
+        )
     finally:
         assert daemon.terminate() == 0
         daemon.close()

@@ -43,7 +43,7 @@ class FakeRunner:
             waiter.cancel()
         state = JobState.SUCCEEDED if release.is_set() else JobState.CANCELLED
         result = unstarted_result(job, state, "", "python")
-        return result.model_copy(
+        result = result.model_copy(
             update={
                 "error": None,
                 "stdout": self.stdout,
@@ -52,6 +52,8 @@ class FakeRunner:
                 ],
             }
         )
+        result._output_bytes = len(self.stdout)
+        return result
 
     def finish(self, job: Job) -> None:
         self.release.setdefault(job.job_id, asyncio.Event()).set()
@@ -72,11 +74,25 @@ def scenario(
     queued: int = 1,
     retention: float = 60.0,
     retained_bytes: int = 256 << 20,
+    retained_jobs: int = 10_000,
+    output_bytes: int = 100,
+    running_per_uid: int | None = None,
+    queued_per_uid: int | None = None,
 ) -> Any:
     async def go() -> Any:
         runner, clock = FakeRunner(), Clock()
+        limits = Limits(
+            max_concurrent_jobs=running,
+            max_queued_jobs=queued,
+            result_retention_seconds=retention,
+            max_retained_bytes=retained_bytes,
+            max_retained_jobs=retained_jobs,
+            max_output_bytes=output_bytes,
+            max_running_jobs_per_uid=running_per_uid,
+            max_queued_jobs_per_uid=queued_per_uid,
+        )
         registry = JobRegistry(
-            Limits(running, queued, retention, retained_bytes),
+            limits,
             runner,
             backend="python",
             daemon_uid=999,
@@ -249,24 +265,76 @@ def test_shutdown_cancels_a_runner_that_ignores_its_cancel_event() -> None:
     scenario(body)
 
 
-def test_unfetched_output_past_the_budget_refuses_submits_not_runs() -> None:
+def test_submits_reserve_their_output_cap_until_they_end() -> None:
     async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
-        runner.stdout = "x" * 100
+        runner.stdout = "x" * 30
         first = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
-        runner.finish(first)
-        await settle()
-        second = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
-        runner.finish(second)
-        await settle()
-        assert registry.counters()["retained_bytes"] == 200
+        # Unfinished, it holds the full cap: a second would not fit in 150.
         with pytest.raises(Busy, match="max_retained_bytes"):
             registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
         attached = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=False)
+        runner.finish(first)
         runner.finish(attached)
         await settle()
-        assert (await registry.wait(first, None)).stdout == "x" * 100
-        assert registry.counters()["retained_bytes"] == 100
+        assert registry.counters()["retained_bytes"] == 30
+        second = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        with pytest.raises(Busy, match="max_retained_bytes"):
+            registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
+        runner.finish(second)
+        await settle()
+        assert registry.counters()["retained_bytes"] == 60
+        assert (await registry.wait(first, None)).stdout == "x" * 30
+        assert registry.counters()["retained_bytes"] == 30
         third = registry.admit(SPEC, ("/c", "/w"), ALICE, detached=True)
         assert third.state is JobState.RUNNING
 
-    scenario(body, running=4, queued=0, retained_bytes=150)
+    scenario(body, running=4, queued=0, retained_bytes=150, output_bytes=100)
+
+
+def test_unfetched_and_unfinished_submits_are_bounded_in_number() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        done = registry.admit(SPEC, (), ALICE, detached=True)
+        runner.finish(done)
+        await settle()
+        registry.admit(SPEC, (), BOB, detached=True)
+        with pytest.raises(Busy, match="max_retained_jobs"):
+            registry.admit(SPEC, (), ALICE, detached=True)
+        registry.admit(SPEC, (), ALICE, detached=False)  # run is not retained
+        await registry.wait(done, None)
+        registry.admit(SPEC, (), ALICE, detached=True)
+
+    scenario(body, running=4, queued=0, retained_jobs=2)
+
+
+def test_one_uid_runs_its_share_and_the_rest_of_its_jobs_wait() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        first = registry.admit(SPEC, (), ALICE, detached=False)
+        second = registry.admit(SPEC, (), ALICE, detached=False)
+        assert (first.state, second.state) == (JobState.RUNNING, JobState.QUEUED)
+        with pytest.raises(Busy, match="max_queued_jobs_per_uid"):
+            registry.admit(SPEC, (), ALICE, detached=False)
+        # Another user is not held up behind Alice's queued job.
+        bobs = registry.admit(SPEC, (), BOB, detached=False)
+        assert bobs.state is JobState.RUNNING
+        await settle()
+        runner.finish(first)
+        await settle()
+        assert second.state is JobState.RUNNING
+        counters = registry.counters()
+        assert (counters["running"], counters["queue_depth"]) == (2, 0)
+
+    scenario(body, running=4, queued=8, running_per_uid=1, queued_per_uid=1)
+
+
+def test_a_job_waiting_on_its_uid_share_does_not_block_the_next_one() -> None:
+    async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
+        alices = [registry.admit(SPEC, (), ALICE, detached=False) for _ in range(2)]
+        bobs = [registry.admit(SPEC, (), BOB, detached=False) for _ in range(2)]
+        assert [j.state for j in alices + bobs] == [
+            JobState.RUNNING, JobState.QUEUED, JobState.RUNNING, JobState.QUEUED
+        ]  # fmt: skip
+        runner.finish(bobs[0])
+        await settle()
+        assert (alices[1].state, bobs[1].state) == (JobState.QUEUED, JobState.RUNNING)
+
+    scenario(body, running=4, queued=8, running_per_uid=1)

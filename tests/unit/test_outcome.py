@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from cuprumd.models import JobState
-from cuprumd.outcome import decide_state, signal_name
+from cuprumd.outcome import Facts, build_result, decide_state, signal_name
 
 PIPE = -int(signal.SIGPIPE)
 
@@ -90,3 +90,27 @@ def test_signal_names() -> None:
     assert signal_name(None) is None
     assert signal_name(PIPE) == "SIGPIPE"
     assert signal_name(-9) == "SIGKILL"
+
+
+def test_a_result_costs_the_bytes_the_job_wrote_not_their_encoding() -> None:
+    facts = Facts(
+        job_id="j",
+        backend="python",
+        argvs=[["a"], ["b"]],
+        pids=[1, 2],
+        returncodes=[0, 0],
+        stderrs=[(b"\xff\xfe", False), (b"", False)],
+        stdout=(b"abc", False),
+        transfers=[],
+        encoding="base64",
+        started_at="t",
+        duration_ms=1.0,
+        error=None,
+        end_state=None,
+        fail_fast_stage=None,
+    )
+    result = build_result(facts)
+    assert result.output_bytes == 5
+    assert len(result.stdout) + len(result.stages[0].stderr) == 8
+    assert result.model_copy(update={"error": "x"}).output_bytes == 5
+    assert "output_bytes" not in result.model_dump()

@@ -15,7 +15,9 @@ from cuprumd.errors import (
     Internal,
     ProtocolError,
 )
+from cuprumd.frames import FREE_BYTES, FrameBudget, FrameReader
 from cuprumd.protocol import (
+    MAX_REQUEST_VALUES,
     REQUEST_TYPES,
     ErrorBody,
     JobRef,
@@ -29,7 +31,7 @@ from cuprumd.protocol import (
     ok_reply,
     parse_reply,
     parse_request,
-    read_frame,
+    too_many_values,
 )
 
 
@@ -164,25 +166,92 @@ def frames(data: bytes, limit: int) -> list[object]:
         reader = asyncio.StreamReader(limit=limit)
         reader.feed_data(data)
         reader.feed_eof()
+        framer = FrameReader(reader, limit, FrameBudget(limit))
         out: list[object] = []
         while True:
             try:
-                frame = await read_frame(reader)
+                frame = await framer.next()
             except FrameTooLarge:
                 out.append("too large")
                 return out
-            out.append(frame)
+            out.append(None if frame is None else frame.data)
             if frame is None:
                 return out
 
     return asyncio.run(go())
 
 
-def test_read_frame_skips_blank_lines_and_takes_a_last_unterminated_line() -> None:
+def test_frames_skip_blank_lines_and_take_a_last_unterminated_line() -> None:
     assert frames(b"a\n\n  \nb", 100) == [b"a\n", b"b", None]
 
 
-def test_read_frame_limit_is_the_line_length_without_newline() -> None:
+def test_the_frame_limit_is_the_line_length_without_newline() -> None:
     assert frames(b"x" * 64 + b"\n", 64) == [b"x" * 64 + b"\n", None]
     assert frames(b"x" * 65 + b"\n", 64) == ["too large"]
     assert frames(b"x" * 500, 64) == ["too large"]
+
+
+def test_a_large_line_waits_for_the_budget_and_gives_it_back() -> None:
+    big = b"y" * (FREE_BYTES * 3) + b"\n"
+
+    async def go() -> None:
+        budget = FrameBudget(len(big))
+        readers = []
+        for _ in range(2):
+            reader = asyncio.StreamReader()
+            reader.feed_data(big)
+            reader.feed_eof()
+            readers.append(FrameReader(reader, len(big), budget))
+        first = await readers[0].next()
+        assert first is not None
+        assert first.data == big
+        assert budget.available == 0
+        second = asyncio.ensure_future(readers[1].next())
+        await asyncio.sleep(0.01)
+        assert not second.done()  # the budget is spent: it stops reading
+        first.lease.hand_over().release()
+        frame = await asyncio.wait_for(second, 1)
+        assert frame is not None
+        assert frame.data == big
+        frame.lease.release()
+        frame.lease.release()  # once only
+        assert budget.available == budget.total
+
+    asyncio.run(go())
+
+
+def test_small_lines_never_touch_the_budget() -> None:
+    async def go() -> None:
+        budget = FrameBudget(1)
+        reader = asyncio.StreamReader()
+        reader.feed_data(b'{"op":"ping"}\n' * 1000)
+        reader.feed_eof()
+        framer = FrameReader(reader, 1 << 20, budget)
+        count = 0
+        while (frame := await framer.next()) is not None:
+            assert frame.lease.size == 0
+            count += 1
+        assert count == 1000
+        assert budget.available == 1
+
+    asyncio.run(go())
+
+
+def test_a_frame_of_too_many_values_is_refused_before_it_is_decoded() -> None:
+    stages = ",".join(['{"argv":["true"]}'] * (MAX_REQUEST_VALUES // 2))
+    line = ('{"id":7,"op":"run","job":{"stages":[' + stages + "]}}\n").encode()
+    assert too_many_values(line)
+    with pytest.raises(RequestError, match="JSON values") as caught:
+        parse_request(line, max_stages=16)
+    assert caught.value.request_id is None  # not decoded far enough to know
+
+
+def test_commas_and_braces_inside_strings_are_not_values() -> None:
+    text = 'x{,[\\"' * MAX_REQUEST_VALUES
+    line = '{"op":"run","job":{"stages":[{"argv":["cat"]}],"stdin":"' + text + '"}}'
+    assert not too_many_values(line.encode())
+    request = parse_request(line.encode(), max_stages=16)
+    assert isinstance(request, RunRequest)
+    assert request.job.stdin == text.replace('\\"', '"')
+    many = '{"op":"ping","id":[' + ",".join(["1"] * (MAX_REQUEST_VALUES + 1)) + "]}"
+    assert too_many_values(many.encode())

@@ -128,3 +128,31 @@ def test_the_job_user_can_pass_through_to_its_directory(tmp_path: Path) -> None:
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o711  # state_dir
     assert stat.S_IMODE(space.base.stat().st_mode) == 0o711  # no listing
     assert stat.S_IMODE(space.acquire().path.stat().st_mode) == 0o700
+
+
+class FakeRuleset:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_replaced_sandbox_drops_every_kept_ruleset(tmp_path: Path) -> None:
+    space = ScratchSpace(tmp_path)
+    idle, busy = space.acquire(), space.acquire()
+    idle_rules, busy_rules = FakeRuleset(), FakeRuleset()
+    idle.ruleset = idle_rules  # type: ignore[assignment]
+    busy.ruleset = busy_rules  # type: ignore[assignment]
+    idle.release(reusable=True)
+
+    space.forget_rulesets()  # a reload changed the programs or paths
+
+    assert idle_rules.closed
+    again = space.acquire()
+    assert again.path == idle.path
+    assert again.ruleset is None  # the job builds one from the new sandbox
+    busy.release(reusable=True)  # in use during the reload
+    assert busy_rules.closed
+    assert space.acquire().ruleset is None
+    space.close()

@@ -20,7 +20,6 @@ from cuprumd.jobs import Job, JobRegistry, Limits, unstarted_result
 from cuprumd.listener import open_listener
 from cuprumd.models import JobResult, JobState
 from cuprumd.programs import build_allowlist
-from cuprumd.protocol import PingRequest
 from cuprumd.server import Server
 from cuprumd.settings import Settings
 
@@ -41,7 +40,7 @@ def serve(body: Callable[[Server, Path], Awaitable[Any]], **settings: Any) -> An
         path = Path(tempfile.mkdtemp(prefix="cus-", dir="/tmp")) / "s.sock"
         config = Settings(socket_path=path, **settings)
         registry = JobRegistry(
-            Limits(config.max_concurrent_jobs, config.max_queued_jobs, 60.0),
+            Limits.from_settings(config),
             fake_run,
             backend="python",
             daemon_uid=0,
@@ -64,10 +63,10 @@ def serve(body: Callable[[Server, Path], Awaitable[Any]], **settings: Any) -> An
 
 def test_a_handler_fault_becomes_an_internal_reply_and_nothing_else() -> None:
     async def body(server: Server, path: Path) -> None:
-        async def broken(_conn: object, _request: object) -> None:
+        def broken() -> None:
             raise RuntimeError("bug")
 
-        server._handlers[PingRequest] = broken  # type: ignore[assignment]
+        server._ping = broken  # type: ignore[assignment,method-assign]
         async with AsyncClient(path) as client:
             with pytest.raises(Internal, match="internal error"):
                 await client.ping()
