@@ -8,14 +8,15 @@ connection; requests on it are answered in order.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import itertools
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO, Protocol, Self
 
 from cuprumd.discovery import (
     UntrustedDaemon,
@@ -55,6 +56,31 @@ resolve_socket_path = discover_socket
 
 class DaemonUnavailable(ClientError):
     """Nothing answers on the socket: not running, wrong path, no access."""
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+#: A stream to pass: a descriptor, or a file (anything with ``fileno``).
+Stream = int | _HasFileno
+
+
+def _passed(
+    stdin: Stream | None, stdout: Stream | None, stderr: Stream | None
+) -> tuple[list[str], list[int]]:
+    """The ``fds`` names of a request and the descriptors, in that order."""
+    names: list[str] = []
+    fds: list[int] = []
+    for name, stream in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+        if stream is not None:
+            names.append(name)
+            fds.append(stream if isinstance(stream, int) else stream.fileno())
+    return names, fds
+
+
+def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
 
 
 def _job_doc(job: JobLike) -> Mapping[str, Any]:
@@ -140,8 +166,11 @@ class Client:
             self._sock, self._file = sock, sock.makefile("rb")
         return self._sock
 
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one request and return its raw ``result``.
+    def request(
+        self, op: str, *, descriptors: Sequence[int] = (), **fields: Any
+    ) -> dict[str, Any]:
+        """Send one request (with ``descriptors`` attached to its line) and
+        return its raw ``result``.
 
         Raises
         ------
@@ -153,8 +182,10 @@ class Client:
         sock = self._connect()
         assert self._file is not None
         request_id = next(self._ids)
+        line = encode_request(request_id, op, **fields)
         try:
-            sock.sendall(encode_request(request_id, op, **fields))
+            sent = sock.sendmsg([line], _rights(descriptors)) if descriptors else 0
+            sock.sendall(line[sent:])
         except BrokenPipeError:
             pass  # the daemon may have answered (frame_too_large) and closed
         except OSError as exc:
@@ -173,13 +204,42 @@ class Client:
         """Version, protocol, stream backend and pid of the daemon."""
         return PingResult.model_validate(self.request("ping"))
 
-    def run(self, job: JobLike) -> JobResult:
-        """Run a job and return its result once it ends."""
-        return JobResult.model_validate(self.request("run", job=_job_doc(job)))
+    def run(
+        self,
+        job: JobLike,
+        *,
+        stdin: Stream | None = None,
+        stdout: Stream | None = None,
+        stderr: Stream | None = None,
+    ) -> JobResult:
+        """Run a job and return its result once it ends.
 
-    def submit(self, job: JobLike) -> str:
-        """Start a job in the background; returns its id."""
-        return JobRef.model_validate(self.request("submit", job=_job_doc(job))).job_id
+        A stream given here is passed to the daemon as a descriptor: the
+        first stage reads ``stdin``, the last writes ``stdout``, every stage
+        writes ``stderr``, with no size limit; the result then carries
+        nothing for them (see ``JobResult.passed``).
+        """
+        names, fds = _passed(stdin, stdout, stderr)
+        reply = self.request(
+            "run", descriptors=fds, job=_job_doc(job), fds=names or None
+        )
+        return JobResult.model_validate(reply)
+
+    def submit(
+        self,
+        job: JobLike,
+        *,
+        stdin: Stream | None = None,
+        stdout: Stream | None = None,
+        stderr: Stream | None = None,
+    ) -> str:
+        """Start a job in the background; returns its id. Streams as for
+        ``run``: the job keeps them after this client has gone."""
+        names, fds = _passed(stdin, stdout, stderr)
+        reply = self.request(
+            "submit", descriptors=fds, job=_job_doc(job), fds=names or None
+        )
+        return JobRef.model_validate(reply).job_id
 
     def status(self, job_id: str) -> JobStatus:
         """The job's current state."""
@@ -201,6 +261,36 @@ class Client:
     def stats(self) -> StatsResult:
         """Counters since the daemon started."""
         return StatsResult.model_validate(self.request("stats"))
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _send_descriptors(
+    writer: asyncio.StreamWriter, line: bytes, fds: Sequence[int]
+) -> int:
+    """Send the start of ``line`` with ``fds`` attached; how much was sent.
+
+    The transport cannot carry descriptors, so once it has flushed what it
+    holds, one ``sendmsg`` goes straight to the socket (through a duplicate
+    descriptor: the transport's socket object is not ours to use).
+    """
+    await writer.drain()
+    transport_sock = writer.get_extra_info("socket")
+    loop = asyncio.get_running_loop()
+    with socket.socket(fileno=os.dup(transport_sock.fileno())) as sock:
+        while True:
+            try:
+                return sock.sendmsg([line], _rights(fds))
+            except BlockingIOError:
+                ready: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(sock.fileno(), _wake, ready)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(sock.fileno())
 
 
 class AsyncClient:
@@ -258,13 +348,18 @@ class AsyncClient:
             self._reader, self._writer = reader, writer
         return self._reader, self._writer
 
-    async def request(self, op: str, **fields: Any) -> dict[str, Any]:
+    async def request(
+        self, op: str, *, descriptors: Sequence[int] = (), **fields: Any
+    ) -> dict[str, Any]:
         """As ``Client.request``; concurrent calls on one client take turns."""
         async with self._lock:
             reader, writer = await self._connect()
             request_id = next(self._ids)
+            line = encode_request(request_id, op, **fields)
             try:
-                writer.write(encode_request(request_id, op, **fields))
+                if descriptors:
+                    line = line[await _send_descriptors(writer, line, descriptors) :]
+                writer.write(line)
                 await writer.drain()
             except BrokenPipeError:
                 pass  # the daemon may have answered (frame_too_large) and closed
@@ -284,13 +379,34 @@ class AsyncClient:
         """Version, protocol, stream backend and pid of the daemon."""
         return PingResult.model_validate(await self.request("ping"))
 
-    async def run(self, job: JobLike) -> JobResult:
-        """Run a job and return its result once it ends."""
-        return JobResult.model_validate(await self.request("run", job=_job_doc(job)))
+    async def run(
+        self,
+        job: JobLike,
+        *,
+        stdin: Stream | None = None,
+        stdout: Stream | None = None,
+        stderr: Stream | None = None,
+    ) -> JobResult:
+        """As ``Client.run``."""
+        names, fds = _passed(stdin, stdout, stderr)
+        reply = await self.request(
+            "run", descriptors=fds, job=_job_doc(job), fds=names or None
+        )
+        return JobResult.model_validate(reply)
 
-    async def submit(self, job: JobLike) -> str:
-        """Start a job in the background; returns its id."""
-        reply = await self.request("submit", job=_job_doc(job))
+    async def submit(
+        self,
+        job: JobLike,
+        *,
+        stdin: Stream | None = None,
+        stdout: Stream | None = None,
+        stderr: Stream | None = None,
+    ) -> str:
+        """As ``Client.submit``."""
+        names, fds = _passed(stdin, stdout, stderr)
+        reply = await self.request(
+            "submit", descriptors=fds, job=_job_doc(job), fds=names or None
+        )
         return JobRef.model_validate(reply).job_id
 
     async def status(self, job_id: str) -> JobStatus:

@@ -99,6 +99,7 @@ class _JobRunner:
         self.options = self._options(settings)
 
     async def __call__(self, job: Job) -> JobResult:
+        passed = None if job.passed is None else job.passed.take()
         return await pipeline.execute(
             job.spec,
             self.options,
@@ -106,6 +107,7 @@ class _JobRunner:
             job_id=job.job_id,
             cancel=job.cancel,
             executables=job.executables,
+            passed=passed,
         )
 
 

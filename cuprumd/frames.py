@@ -11,21 +11,36 @@ another large request is done with.
 A large frame's lease follows its request: a job whose request carried it
 holds it until the job ends (its stdin lives that long), so queued jobs with
 big inputs count against the same budget.
+
+Descriptors a client passes belong to the line in which the first byte of
+their message lies; they travel with that frame, and whoever holds the
+frame closes them unless a job took them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from cuprumd.errors import FrameTooLarge
+from cuprumd.errors import BadRequest, FrameTooLarge
 
 __all__ = ["CHUNK_BYTES", "FREE_BYTES", "Frame", "FrameBudget", "FrameReader", "Lease"]
 
 #: What a line may hold without a lease; also the read size.
 FREE_BYTES = 64 << 10
 CHUNK_BYTES = 64 << 10
+#: Descriptors that may wait for their line to end.
+MAX_PENDING_FDS = 8
+
+
+class Source(Protocol):
+    """Where a connection's bytes (and passed descriptors) come from."""
+
+    def receive(self, size: int) -> Awaitable[tuple[bytes, list[int]]]: ...
 
 
 class Lease:
@@ -82,10 +97,23 @@ class FrameBudget:
 
 @dataclass
 class Frame:
-    """One request line and the lease that pays for it (empty when small)."""
+    """One request line, the lease that pays for it (empty when small), and
+    the descriptors sent with it."""
 
     data: bytes
     lease: Lease
+    fds: list[int] = field(default_factory=list)
+
+    def take_fds(self) -> list[int]:
+        """Hand the descriptors to a new owner."""
+        fds, self.fds = self.fds, []
+        return fds
+
+    def close(self) -> None:
+        """Give back what nobody took (idempotent)."""
+        self.lease.release()
+        for fd in self.take_fds():
+            os.close(fd)
 
 
 class FrameReader:
@@ -96,15 +124,15 @@ class FrameReader:
     they can be kept.
     """
 
-    def __init__(
-        self, reader: asyncio.StreamReader, limit: int, budget: FrameBudget
-    ) -> None:
-        self._reader = reader
+    def __init__(self, source: Source, limit: int, budget: FrameBudget) -> None:
+        self._source = source
         self._limit = limit
         self._budget = budget
         self._buffer = bytearray()
         self._scanned = 0
         self._lease: Lease | None = None
+        #: (offset in the buffer of the message's first byte, descriptors)
+        self._fds: list[tuple[int, list[int]]] = []
 
     async def next(self) -> Frame | None:
         """The next non-blank line; ``None`` at end of stream.
@@ -134,8 +162,14 @@ class FrameReader:
                 raise self._too_large()
             if self._lease is None and len(buffer) >= FREE_BYTES:
                 self._lease = await self._budget.lease(self._limit)
-            chunk = await self._reader.read(CHUNK_BYTES)
-            if not chunk:
+            chunk, fds = await self._source.receive(CHUNK_BYTES)
+            if fds:
+                self._fds.append((len(buffer), fds))
+                if sum(len(f) for _, f in self._fds) > MAX_PENDING_FDS:
+                    self.close()
+                    msg = "too many descriptors without a request line to carry them"
+                    raise BadRequest(msg)
+            if not chunk and not fds:
                 data = bytes(buffer)
                 buffer.clear()
                 self._scanned = 0
@@ -144,10 +178,14 @@ class FrameReader:
 
     def _take(self, data: bytes) -> Frame | None:
         lease, self._lease = self._lease, None
+        fds: list[int] = []
+        while self._fds and self._fds[0][0] < max(len(data), 1):
+            fds += self._fds.pop(0)[1]
+        self._fds = [(offset - len(data), f) for offset, f in self._fds]
+        frame = Frame(data, lease if lease is not None else Lease(None, 0), fds)
         if data.strip():
-            return Frame(data, lease if lease is not None else Lease(None, 0))
-        if lease is not None:
-            lease.release()
+            return frame
+        frame.close()  # a blank line carries nothing anyone asked for
         return None
 
     def _too_large(self) -> FrameTooLarge:
@@ -163,3 +201,7 @@ class FrameReader:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+        for _offset, fds in self._fds:
+            for fd in fds:
+                os.close(fd)
+        self._fds.clear()

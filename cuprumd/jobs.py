@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cuprumd.engine.passed import PassedStreams
 from cuprumd.errors import Busy, NotFound, WaitTimeout
 from cuprumd.frames import Lease
 from cuprumd.logging import get_logger
@@ -112,6 +113,8 @@ class Job:
     #: The share of the request-frame budget its input came in with; held
     #: while the job holds that input (see ``cuprumd.frames``).
     input_lease: Lease | None = None
+    #: Descriptors the client passed, until the runner takes them.
+    passed: PassedStreams | None = None
 
 
 Runner = Callable[[Job], Awaitable[JobResult]]
@@ -139,6 +142,7 @@ def unstarted_result(
             error=None,
             end_state=state,
             fail_fast_stage=None,
+            passed=() if job.passed is None else job.passed.names,
         )
     )
     return result.model_copy(update={"error": message})
@@ -216,9 +220,16 @@ class JobRegistry:
     # -- admission -----------------------------------------------------------
 
     def admit(
-        self, spec: JobSpec, executables: tuple[str, ...], peer: Peer, *, detached: bool
+        self,
+        spec: JobSpec,
+        executables: tuple[str, ...],
+        peer: Peer,
+        *,
+        detached: bool,
+        captures: bool = True,
     ) -> Job:
-        """Start the job now, or queue it.
+        """Start the job now, or queue it. A job that ``captures`` nothing
+        (the client passed its stdout and stderr) reserves no output.
 
         Raises
         ------
@@ -236,7 +247,7 @@ class JobRegistry:
         )
         if not startable:
             self._check_queue(uid)
-        reserve = self._reserve() if detached else 0
+        reserve = self._reserve(captures=captures) if detached else 0
         job = Job(secrets.token_hex(8), spec, executables, peer, detached)
         job.reserved = reserve
         if detached:
@@ -277,7 +288,7 @@ class JobRegistry:
             )
             raise Busy(msg)
 
-    def _reserve(self) -> int:
+    def _reserve(self, *, captures: bool) -> int:
         """Hold room for a submitted job's result before it can produce one,
         so unfetched results never exceed the bounds, however they end."""
         limits = self._limits
@@ -289,8 +300,9 @@ class JobRegistry:
                 "results with wait, or retry once they expire"
             )
             raise Busy(msg)
+        wanted = limits.max_output_bytes if captures else 0
         held = self._retained_bytes + self._reserved_bytes
-        if held + limits.max_output_bytes > limits.max_retained_bytes:
+        if held + wanted > limits.max_retained_bytes:
             msg = (
                 f"unfetched results hold {self._retained_bytes} bytes and "
                 f"unfinished submitted jobs reserve {self._reserved_bytes} "
@@ -299,7 +311,7 @@ class JobRegistry:
                 "results with wait, or retry later"
             )
             raise Busy(msg)
-        return limits.max_output_bytes
+        return wanted
 
     def _start(self, job: Job) -> None:
         job.state = JobState.RUNNING
@@ -350,6 +362,8 @@ class JobRegistry:
         if job.input_lease is not None:
             job.input_lease.release()
             job.input_lease = None
+        if job.passed is not None:
+            job.passed.close()  # a job that never started still held them
         job.state = result.state
         job.finished_at = self._clock()
         for tally in self._tallies_of(job.peer.uid):

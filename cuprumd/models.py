@@ -190,6 +190,9 @@ class JobResult(BaseModel):
     finished_at: str
     duration_ms: float
     error: str | None = None
+    #: Streams the client passed as descriptors: not captured, so their
+    #: fields above are empty.
+    passed: list[str] = Field(default_factory=list)
     #: The bytes of output the job wrote and the result keeps (stdout and
     #: every stderr, before encoding): what a retained result costs.
     _output_bytes: int = PrivateAttr(default=0)

@@ -120,6 +120,7 @@ class Facts:
     end_state: JobState | None
     fail_fast_stage: int | None
     output_cut: Sequence[bool] = ()
+    passed: Sequence[str] = ()
 
 
 def build_result(facts: Facts) -> JobResult:
@@ -171,6 +172,7 @@ def build_result(facts: Facts) -> JobResult:
         finished_at=now_iso(),
         duration_ms=facts.duration_ms,
         error=facts.error,
+        passed=list(facts.passed),
     )
     result._output_bytes = len(facts.stdout[0]) + sum(len(e) for e, _ in facts.stderrs)
     return result

@@ -28,6 +28,7 @@ from cuprumd.backend import (
 from cuprumd.engine.cgroup import JobCgroups
 from cuprumd.engine.environment import child_env
 from cuprumd.engine.launch import Containment, Launcher, StageLaunch, choose_launcher
+from cuprumd.engine.passed import STREAM_NAMES, StreamName
 from cuprumd.engine.plumbing import SpawnError, open_plumbing
 from cuprumd.engine.processes import JobProcessIndex, ProcessGroup
 from cuprumd.engine.sandbox import Ruleset, Sandbox
@@ -101,8 +102,12 @@ class _Run:
         backend: StreamBackend,
         job_id: str | None,
         executables: Sequence[str] | None,
+        *,
+        passed: Mapping[StreamName, int],
     ) -> None:
         self.job = job
+        self.passed = dict(passed)
+        self.passed_names = frozenset(passed)
         self.options = options
         self.backend = backend
         self.job_id = job_id
@@ -137,9 +142,10 @@ class _Run:
 
     def _prepare(self, *, with_stdin: bool) -> tuple[Streams, ProcessGroup]:
         options = self.options
+        passed, self.passed = self.passed, {}
         links = open_plumbing(
             len(self.job.stages), with_stdin=with_stdin,
-            pipe_size=options.pump_buffer_size,
+            pipe_size=options.pump_buffer_size, passed=passed,
         )  # fmt: skip
         self.streams = streams = Streams(
             self.loop, links, self.backend,
@@ -324,6 +330,7 @@ class _Run:
                 end_state=self.end_state,
                 fail_fast_stage=self.fail_fast_stage,
                 output_cut=cut,
+                passed=[n for n in STREAM_NAMES if n in self.passed_names],
             )
         )
 
@@ -344,6 +351,7 @@ async def execute(
     job_id: str | None = None,
     cancel: asyncio.Event | None = None,
     executables: Sequence[str] | None = None,
+    passed: Mapping[StreamName, int] | None = None,
 ) -> JobResult:
     """Run ``job`` to its end and describe how it ended.
 
@@ -352,11 +360,13 @@ async def execute(
     period) and yields state ``cancelled`` with the output gathered so far.
     If the awaiting task itself is cancelled, the job is killed and reaped
     before the cancellation propagates: no orphan, no zombie, no open fd.
+    ``passed`` descriptors (the client's own stdin, stdout, stderr) become
+    the job's streams and are closed by it, whatever happens.
     """
     if backend is StreamBackend.AUTO:
         backend = resolve_stream_backend(backend)
     started, t0 = now_iso(), time.monotonic()
-    run = _Run(job, options, backend, job_id, executables)
+    run = _Run(job, options, backend, job_id, executables, passed=passed or {})
     run.spawn()
     await run.wait(cancel)
     return run.result(started, t0)

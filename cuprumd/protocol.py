@@ -12,8 +12,9 @@ import json
 import re
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cuprumd.engine.passed import StreamName
 from cuprumd.errors import (
     PROTOCOL_ERRORS,
     BadRequest,
@@ -23,6 +24,7 @@ from cuprumd.errors import (
 from cuprumd.models import JobSpec, JobState
 
 __all__ = [
+    "FEATURES",
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
     "CancelRequest",
@@ -52,6 +54,9 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+#: What ``ping`` promises a client may rely on: ``fds``, descriptors passed
+#: with ``run`` and ``submit``.
+FEATURES = ("fds",)
 #: JSON values (objects, arrays and their members) one request may hold. A
 #: job of ``max_stages`` stages needs a few per argument; decoding millions
 #: of them would hold the interpreter for a second, so a frame with more is
@@ -73,18 +78,34 @@ class PingRequest(_Request):
     op: Literal["ping"]
 
 
-class RunRequest(_Request):
+class _JobRequest(_Request):
+    """A job, and which of its streams the client passed as descriptors
+    (sent with the request line, in this order)."""
+
+    job: JobSpec
+    fds: list[StreamName] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_fds(self) -> _JobRequest:
+        if len(set(self.fds)) != len(self.fds):
+            msg = f"fds: each stream may be passed once, got {self.fds}"
+            raise ValueError(msg)
+        if "stdin" in self.fds and self.job.stdin is not None:
+            msg = "job.stdin: the client passed stdin as a descriptor"
+            raise ValueError(msg)
+        return self
+
+
+class RunRequest(_JobRequest):
     """Run a job and reply with its result when it ends."""
 
     op: Literal["run"]
-    job: JobSpec
 
 
-class SubmitRequest(_Request):
+class SubmitRequest(_JobRequest):
     """Start a job and reply with its id at once."""
 
     op: Literal["submit"]
-    job: JobSpec
 
 
 class StatusRequest(_Request):
@@ -151,6 +172,7 @@ class PingResult(_Result):
     protocol: int
     stream_backend: str
     pid: int
+    features: list[str] = Field(default_factory=list)
 
 
 class JobRef(_Result):

@@ -9,6 +9,7 @@ back in request order; concurrency comes from opening more connections.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import select
 import socket
@@ -20,8 +21,10 @@ from typing import Any, assert_never
 from pydantic import BaseModel
 
 from cuprumd import __version__
+from cuprumd.channel import Channel
 from cuprumd.containment import Guard
 from cuprumd.engine.environment import denied_env_names
+from cuprumd.engine.passed import PassedStreams, StreamName
 from cuprumd.errors import (
     BadRequest,
     Busy,
@@ -30,7 +33,7 @@ from cuprumd.errors import (
     Internal,
     ProtocolError,
 )
-from cuprumd.frames import CHUNK_BYTES, FREE_BYTES, Frame, FrameBudget, FrameReader
+from cuprumd.frames import FREE_BYTES, Frame, FrameBudget, FrameReader
 from cuprumd.jobs import Job, JobRegistry
 from cuprumd.listener import Listener
 from cuprumd.logging import get_logger
@@ -39,6 +42,7 @@ from cuprumd.models import JobSpec
 from cuprumd.peers import Peer, is_peer_allowed, peer_credentials
 from cuprumd.programs import Allowlist
 from cuprumd.protocol import (
+    FEATURES,
     PROTOCOL_VERSION,
     CancelRequest,
     JobList,
@@ -69,10 +73,25 @@ _log = get_logger("cuprumd.server")
 #: full hang-up (a plain hang-up is noticed at once).
 HANGUP_POLL_SECONDS = 0.25
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
+_TRANSIENT_ACCEPT_ERRORS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
+)
+ACCEPT_RETRY_SECONDS = 0.1
 _NOTHING = object()
 #: Large request frames (``max_request_bytes`` each) held at once, all
 #: connections together; see ``cuprumd.frames``.
 LARGE_FRAMES = 8
+
+
+def _check_descriptors(request: Request, frame: Frame) -> None:
+    """The descriptors that came with a request must be the ones it names."""
+    named = request.fds if isinstance(request, RunRequest | SubmitRequest) else []
+    if len(frame.fds) != len(named):
+        msg = (
+            f"{len(frame.fds)} descriptors came with a request that names "
+            f"{len(named)} in 'fds'"
+        )
+        raise BadRequest(msg)
 
 
 def _hung_up(fd: int) -> bool:
@@ -88,9 +107,8 @@ class Connection:
     ``run`` watched for hang-up, so it is served next, never lost."""
 
     frames: FrameReader
-    writer: asyncio.StreamWriter
+    channel: Channel
     peer: Peer
-    fd: int
     task: asyncio.Task[None] | None = None
     busy: bool = False
     pending: object = field(default=_NOTHING)
@@ -105,8 +123,7 @@ class Connection:
         return frame
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        await self.channel.send(data)
 
     async def hangup(self) -> None:
         """Return once the client is gone for good."""
@@ -117,17 +134,17 @@ class Connection:
                 self.pending = exc
             except OSError:
                 return
-        while not _hung_up(self.fd):
+        while not _hung_up(self.channel.fd):
             await asyncio.sleep(HANGUP_POLL_SECONDS)
 
     def close(self) -> None:
         """Give back what the connection holds: a read-ahead frame's lease,
         a partial line, the socket."""
         if isinstance(self.pending, Frame):
-            self.pending.lease.release()
+            self.pending.close()
         self.pending = _NOTHING
         self.frames.close()
-        self.writer.close()
+        self.channel.close()
 
 
 class Server:
@@ -154,7 +171,8 @@ class Server:
         self._errors_by_uid: dict[int, Counter[str]] = {}
         self._closing = False
         self._started = time.monotonic()
-        self._server: asyncio.AbstractServer | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def apply(self, settings: Settings, allowlist: Allowlist) -> None:
         """Serve with reloaded settings from the next request on."""
@@ -163,31 +181,43 @@ class Server:
 
     async def start(self, listener: Listener) -> None:
         """Accept connections on the listener (already bound and listening)."""
-        self._server = await asyncio.start_unix_server(
-            self._handle,
-            sock=listener.sock,
-            limit=CHUNK_BYTES,
-            backlog=socket.SOMAXCONN,  # it listens again, by default with 100
-        )
+        listener.sock.setblocking(False)  # noqa: FBT003
+        self._accepting = asyncio.create_task(self._accept(listener.sock))
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                    _log.error("listener.failed", error=str(exc))
+                    return
+                # Out of descriptors or memory: a closing connection frees
+                # some; the backlog holds new ones meanwhile.
+                _log.warning("listener.accept_failed", error=str(exc))
+                await asyncio.sleep(ACCEPT_RETRY_SECONDS)
+                continue
+            client.setblocking(False)  # noqa: FBT003
+            task = asyncio.create_task(self._handle(client))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     # -- connections -------------------------------------------------------
 
-    async def _handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _handle(self, sock: socket.socket) -> None:
         conn: Connection | None = None
+        channel = Channel(sock)
         try:
-            sock = writer.get_extra_info("socket")
             peer = peer_credentials(sock)
             refusal = self._refusal(peer)
             if refusal is not None:
-                await self._turn_away(writer, peer, refusal)
+                await self._turn_away(channel, peer, refusal)
                 return
             conn = Connection(
-                FrameReader(reader, self._settings.max_request_bytes, self._budget),
-                writer,
+                FrameReader(channel, self._settings.max_request_bytes, self._budget),
+                channel,
                 peer,
-                sock.fileno(),
                 task=asyncio.current_task(),
             )
             self._connections.add(conn)
@@ -203,7 +233,7 @@ class Server:
             )
         finally:
             if conn is None:
-                writer.close()
+                channel.close()
             else:
                 self._connections.discard(conn)
                 self._by_uid[conn.peer.uid] -= 1
@@ -212,7 +242,7 @@ class Server:
                 conn.close()
 
     async def _turn_away(
-        self, writer: asyncio.StreamWriter, peer: Peer, refusal: ProtocolError
+        self, channel: Channel, peer: Peer, refusal: ProtocolError
     ) -> None:
         """One error line, then close: not a byte of the peer's input is
         read, let alone parsed."""
@@ -220,9 +250,8 @@ class Server:
             "peer.refused", code=refusal.code, reason=str(refusal), **peer.as_log()
         )
         self._count_error(peer, refusal.code)
-        writer.write(error_reply(None, refusal))
         async with asyncio.timeout(1.0):
-            await writer.drain()
+            await channel.send(error_reply(None, refusal))
 
     def _refusal(self, peer: Peer) -> ProtocolError | None:
         """Why ``peer`` may not open a conversation now, or None; judged on
@@ -267,7 +296,7 @@ class Server:
             try:
                 reply = await self._dispatch(conn, frame)
             finally:
-                frame.lease.release()  # unless a job took it
+                frame.close()  # what a job did not take
                 del frame
             if reply is None:
                 return
@@ -301,6 +330,7 @@ class Server:
             _log.info("request.invalid", code=exc.error.code, **conn.peer.as_log())
             return error_reply(exc.request_id, exc.error)
         try:
+            _check_descriptors(request, frame)
             result = await self._serve(conn, request, frame)
         except ProtocolError as exc:
             self._count_error(conn.peer, exc.code)
@@ -342,10 +372,17 @@ class Server:
             protocol=PROTOCOL_VERSION,
             stream_backend=self._backend,
             pid=os.getpid(),
+            features=list(FEATURES),
         )
 
     def _admit(
-        self, conn: Connection, spec: JobSpec, frame: Frame, *, detached: bool
+        self,
+        conn: Connection,
+        spec: JobSpec,
+        frame: Frame,
+        names: list[StreamName],
+        *,
+        detached: bool,
     ) -> Job:
         """Check the allowlist, then take a slot: nothing is spawned for a
         job that would be refused. An admitted job keeps the frame's lease
@@ -353,8 +390,18 @@ class Server:
         try:
             self._check_contained(spec)
             executables = self._allowlist.resolve_all(spec.argv0s)
-            job = self._registry.admit(spec, executables, conn.peer, detached=detached)
+            job = self._registry.admit(
+                spec,
+                executables,
+                conn.peer,
+                detached=detached,
+                captures=not {"stdout", "stderr"} <= set(names),
+            )
             job.input_lease = frame.lease.hand_over()
+            if names:
+                job.passed = PassedStreams(
+                    dict(zip(names, frame.take_fds(), strict=True))
+                )
             return job
         except ProtocolError as exc:
             _log.warning(
@@ -392,7 +439,7 @@ class Server:
     async def _run(
         self, conn: Connection, request: RunRequest, frame: Frame
     ) -> BaseModel | None:
-        job = self._admit(conn, request.job, frame, detached=False)
+        job = self._admit(conn, request.job, frame, request.fds, detached=False)
         try:
             watcher = asyncio.create_task(conn.hangup())
             finished = asyncio.create_task(job.done.wait())
@@ -410,7 +457,7 @@ class Server:
             self._registry.forget(job)
 
     def _submit(self, conn: Connection, request: SubmitRequest, frame: Frame) -> JobRef:
-        job = self._admit(conn, request.job, frame, detached=True)
+        job = self._admit(conn, request.job, frame, request.fds, detached=True)
         return JobRef(job_id=job.job_id)
 
     def _status(self, conn: Connection, request: StatusRequest) -> JobStatus:
@@ -464,8 +511,8 @@ class Server:
 
     def stop_accepting(self) -> None:
         """Close the listening socket; open connections carry on."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
 
     async def close_connections(self, flush_seconds: float = 5.0) -> None:
         """End every conversation: idle ones now, busy ones once their reply

@@ -264,8 +264,11 @@ class RawConnection:
         self.send(doc)
         return self.read()
 
-    def request_line(self, line: bytes) -> dict[str, Any]:
-        self.send_line(line)
+    def request_line(self, line: bytes, fds: list[int] | None = None) -> dict[str, Any]:
+        if fds:
+            socket.send_fds(self.sock, [line.rstrip(b"\n") + b"\n"], fds)
+        else:
+            self.send_line(line)
         return self.read()
 
 

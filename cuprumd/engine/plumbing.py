@@ -12,8 +12,10 @@ import errno
 import fcntl
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
+from cuprumd.engine.passed import StreamName
 from cuprumd.fdio import close_quietly
 
 __all__ = ["Plumbing", "SpawnError", "errno_name", "open_plumbing"]
@@ -53,21 +55,42 @@ class Plumbing:
 
     Stage ``i`` writes stdout into ``out[i]``; for all but the last stage a
     pump carries it into ``inp[i + 1]``, the next stage's stdin. The last
-    stage's stdout and every stderr are captured by the runner.
+    stage's stdout and every stderr are captured by the runner, unless the
+    client passed its own: then the stage gets that descriptor (stderr: a
+    duplicate per stage) and there is nothing to capture.
     """
 
-    def __init__(self, stages: int, *, with_stdin: bool, pipe_size: int) -> None:
-        self._owned: set[int] = set()
+    def __init__(
+        self,
+        stages: int,
+        *,
+        with_stdin: bool,
+        pipe_size: int,
+        passed: Mapping[StreamName, int] | None = None,
+    ) -> None:
+        given = dict(passed or {})
+        self._owned: set[int] = set(given.values())  # ours from the start
+        self.passed = frozenset(given)
         try:
-            if with_stdin:
+            if "stdin" in given:
+                self.stdin = (given["stdin"], -1)
+            elif with_stdin:
                 self.stdin = self._pipe()
             else:
                 null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
                 self._owned.add(null)
                 self.stdin = (null, -1)
-            self.out = [self._pipe(pipe_size) for _ in range(stages)]
+            self.out = [self._pipe(pipe_size) for _ in range(stages - 1)]
+            self.out.append(
+                (-1, given["stdout"]) if "stdout" in given else self._pipe()
+            )
             self.inp = [self.stdin] + [self._pipe(pipe_size) for _ in range(stages - 1)]
-            self.err = [self._pipe() for _ in range(stages)]
+            if "stderr" in given:
+                self.err = [(-1, self._dup(given["stderr"])) for _ in range(stages)]
+                self._take(given["stderr"])
+                os.close(given["stderr"])
+            else:
+                self.err = [self._pipe() for _ in range(stages)]
         except OSError as exc:
             self.close_all()
             msg = f"cannot create pipes: {exc.strerror} ({errno_name(exc.errno)})"
@@ -79,6 +102,11 @@ class Plumbing:
         if size:
             _grow(r, size)
         return r, w
+
+    def _dup(self, fd: int) -> int:
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
+        self._owned.add(copy)
+        return copy
 
     def _take(self, fd: int) -> int:
         self._owned.remove(fd)
@@ -121,6 +149,13 @@ class Plumbing:
             close_quietly(self._owned.pop())
 
 
-def open_plumbing(stages: int, *, with_stdin: bool, pipe_size: int) -> Plumbing:
-    """Create all pipes of a job at once, or none (``SpawnError``)."""
-    return Plumbing(stages, with_stdin=with_stdin, pipe_size=pipe_size)
+def open_plumbing(
+    stages: int,
+    *,
+    with_stdin: bool,
+    pipe_size: int,
+    passed: Mapping[StreamName, int] | None = None,
+) -> Plumbing:
+    """Create all pipes of a job at once, or none (``SpawnError``); passed
+    descriptors are the plumbing's to close from here on, either way."""
+    return Plumbing(stages, with_stdin=with_stdin, pipe_size=pipe_size, passed=passed)

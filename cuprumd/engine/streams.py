@@ -52,12 +52,15 @@ class Streams:
         if stdin is not None:
             self.feeder = Feeder(self._loop, links.take_stdin_writer(), stdin)
             self.feeder.start()
-        for i in range(len(self.stderrs)):
-            capture = Capture(self._loop, links.take_stderr_reader(i), self._budget)
-            capture.start()
-            self.stderrs[i] = capture
-        self.stdout = Capture(self._loop, links.take_stdout_reader(), self._budget)
-        self.stdout.start()
+        if "stderr" not in links.passed:
+            for i in range(len(self.stderrs)):
+                reader = links.take_stderr_reader(i)
+                capture = Capture(self._loop, reader, self._budget)
+                capture.start()
+                self.stderrs[i] = capture
+        if "stdout" not in links.passed:
+            self.stdout = Capture(self._loop, links.take_stdout_reader(), self._budget)
+            self.stdout.start()
         for i in range(len(self.stderrs) - 1):
             reader, writer = links.take_transfer(i)
             context = {"job_id": self._job_id, "from_stage": i, "to_stage": i + 1}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import threading
 import time
@@ -165,19 +164,3 @@ def test_job_events_carry_metadata_but_never_data(python_daemon: Daemon) -> None
     for key in ("state", "duration_ms", "exit_codes", "bytes", "pumps", "peer_uid"):
         assert key in finished
     assert finished["bytes"] == len(secret)
-
-
-def test_sighup_does_not_stop_a_serving_daemon() -> None:
-    daemon = start_daemon({"stream_backend": "python"})
-    try:
-        daemon.proc.send_signal(signal.SIGHUP)
-        assert wait_for(
-            lambda: any(
-                e["event"] == "daemon.reload_unsupported" for e in daemon.events()
-            )
-        )
-        assert daemon.request({"id": 1, "op": "ping"})["ok"] is True
-        assert daemon.proc.poll() is None
-    finally:
-        assert daemon.terminate() == 0
-        daemon.close()

@@ -49,7 +49,8 @@ def test_ping(python_daemon: Daemon) -> None:
     assert reply["id"] == {"any": ["json", 1]}
     assert reply["ok"] is True
     result = reply["result"]
-    assert set(result) == {"version", "protocol", "stream_backend", "pid"}
+    assert set(result) == {"version", "protocol", "stream_backend", "pid", "features"}
+    assert result["features"] == ["fds"]
     assert result["protocol"] == 1
     assert result["pid"] == python_daemon.proc.pid
 

@@ -5,8 +5,10 @@ values such as pids, times and job ids are ignored)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +36,22 @@ def exchanges() -> list[tuple[str, str]]:
             assert after.startswith("< "), f"request without a reply: {here}"
             pairs.append((here[2:], after[2:]))
     return pairs
+
+
+@contextlib.contextmanager
+def passed_streams(request: str, expected: dict[str, Any]) -> Iterator[list[int]]:
+    """Descriptors for a request that names ``fds``: as many as named, or
+    as many as the documented error says came."""
+    count = len(json.loads(request).get("fds", [])) if '"fds"' in request else 0
+    message = (expected.get("error") or {}).get("message", "")
+    if match := re.match(r"(\d+) descriptors came", message):
+        count = int(match.group(1))
+    fds = [os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC) for _ in range(count)]
+    try:
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def shape(value: Any, key: str = "") -> Any:
@@ -77,8 +95,9 @@ def test_examples_replay_against_a_real_daemon(doc_daemon: Daemon) -> None:
             request = documented_request
             for doc_id, live_id in ids.items():
                 request = request.replace(doc_id, live_id)
-            reply = conn.request_line(request.encode())
             expected = json.loads(documented)
+            with passed_streams(request, expected) as fds:
+                reply = conn.request_line(request.encode(), fds)
             assert shape(reply) == shape(expected), request
             result = expected.get("result") or {}
             if '"op":"submit"' in request and "job_id" in result:

@@ -291,6 +291,17 @@ def test_submits_reserve_their_output_cap_until_they_end() -> None:
     scenario(body, running=4, queued=0, retained_bytes=150, output_bytes=100)
 
 
+def test_a_submit_that_captures_nothing_reserves_nothing() -> None:
+    async def body(registry: JobRegistry, _runner: FakeRunner, _clock: Clock) -> None:
+        registry.admit(SPEC, (), ALICE, detached=True)
+        with pytest.raises(Busy, match="max_retained_bytes"):
+            registry.admit(SPEC, (), ALICE, detached=True)
+        passing = registry.admit(SPEC, (), ALICE, detached=True, captures=False)
+        assert passing.reserved == 0
+
+    scenario(body, running=4, queued=0, retained_bytes=150, output_bytes=100)
+
+
 def test_unfetched_and_unfinished_submits_are_bounded_in_number() -> None:
     async def body(registry: JobRegistry, runner: FakeRunner, _clock: Clock) -> None:
         done = registry.admit(SPEC, (), ALICE, detached=True)

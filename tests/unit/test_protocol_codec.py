@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -15,7 +16,7 @@ from cuprumd.errors import (
     Internal,
     ProtocolError,
 )
-from cuprumd.frames import FREE_BYTES, FrameBudget, FrameReader
+from cuprumd.frames import FREE_BYTES, MAX_PENDING_FDS, FrameBudget, FrameReader
 from cuprumd.protocol import (
     MAX_REQUEST_VALUES,
     REQUEST_TYPES,
@@ -161,12 +162,27 @@ def test_encode_request_drops_none_fields() -> None:
     assert json.loads(line) == {"id": 1, "op": "wait", "job_id": "j"}
 
 
+class Chunks:
+    """A connection's bytes as they arrive: pieces, some with descriptors."""
+
+    def __init__(self, *pieces: bytes | tuple[bytes, list[int]]) -> None:
+        self.pieces = [p if isinstance(p, tuple) else (p, []) for p in pieces]
+        self.gate: asyncio.Event | None = None
+
+    async def receive(self, size: int) -> tuple[bytes, list[int]]:
+        if not self.pieces:
+            return b"", []
+        data, fds = self.pieces[0]
+        if len(data) > size:
+            self.pieces[0] = (data[size:], [])
+            return data[:size], fds
+        self.pieces.pop(0)
+        return data, fds
+
+
 def frames(data: bytes, limit: int) -> list[object]:
     async def go() -> list[object]:
-        reader = asyncio.StreamReader(limit=limit)
-        reader.feed_data(data)
-        reader.feed_eof()
-        framer = FrameReader(reader, limit, FrameBudget(limit))
+        framer = FrameReader(Chunks(data), limit, FrameBudget(limit))
         out: list[object] = []
         while True:
             try:
@@ -196,12 +212,7 @@ def test_a_large_line_waits_for_the_budget_and_gives_it_back() -> None:
 
     async def go() -> None:
         budget = FrameBudget(len(big))
-        readers = []
-        for _ in range(2):
-            reader = asyncio.StreamReader()
-            reader.feed_data(big)
-            reader.feed_eof()
-            readers.append(FrameReader(reader, len(big), budget))
+        readers = [FrameReader(Chunks(big), len(big), budget) for _ in range(2)]
         first = await readers[0].next()
         assert first is not None
         assert first.data == big
@@ -223,10 +234,7 @@ def test_a_large_line_waits_for_the_budget_and_gives_it_back() -> None:
 def test_small_lines_never_touch_the_budget() -> None:
     async def go() -> None:
         budget = FrameBudget(1)
-        reader = asyncio.StreamReader()
-        reader.feed_data(b'{"op":"ping"}\n' * 1000)
-        reader.feed_eof()
-        framer = FrameReader(reader, 1 << 20, budget)
+        framer = FrameReader(Chunks(b'{"op":"ping"}\n' * 1000), 1 << 20, budget)
         count = 0
         while (frame := await framer.next()) is not None:
             assert frame.lease.size == 0
@@ -255,3 +263,67 @@ def test_commas_and_braces_inside_strings_are_not_values() -> None:
     assert request.job.stdin == text.replace('\\"', '"')
     many = '{"op":"ping","id":[' + ",".join(["1"] * (MAX_REQUEST_VALUES + 1)) + "]}"
     assert too_many_values(many.encode())
+
+
+def open_fds(count: int) -> list[int]:
+    return [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(count)]
+
+
+def is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_descriptors_travel_with_the_line_their_message_began() -> None:
+    async def go() -> None:
+        a, b, c = open_fds(3)
+        source = Chunks(
+            b'{"n":1}\n{"n"',  # the first message carries no descriptor
+            (b":2}\n", [a]),  # begins inside line 2: its descriptor is line 2's
+            (b'{"n":3}\n{"n":4}\n', [b, c]),  # begins line 3
+        )
+        framer = FrameReader(source, 1 << 20, FrameBudget(1 << 20))
+        got = []
+        while (frame := await framer.next()) is not None:
+            got.append((frame.data, frame.take_fds()))
+        assert got == [
+            (b'{"n":1}\n', []),
+            (b'{"n":2}\n', [a]),
+            (b'{"n":3}\n', [b, c]),
+            (b'{"n":4}\n', []),
+        ]
+        for fd in (a, b, c):
+            os.close(fd)
+
+    asyncio.run(go())
+
+
+def test_descriptors_nobody_takes_are_closed() -> None:
+    async def go() -> None:
+        blank, unread, dropped = open_fds(3)
+        source = Chunks((b"\n", [blank]), (b'{"x"', [unread]))
+        framer = FrameReader(source, 1 << 20, FrameBudget(1 << 20))
+        frame = await framer.next()  # the blank line's descriptor is closed
+        assert frame is not None
+        assert frame.fds == [unread]
+        frame.close()
+        assert not is_open(blank)
+        assert not is_open(unread)
+        too_many = open_fds(MAX_PENDING_FDS + 1)
+        framer = FrameReader(
+            Chunks((b'{"a"', too_many[:4]), (b":", too_many[4:])),
+            1 << 20,
+            FrameBudget(1 << 20),
+        )
+        with pytest.raises(BadRequest, match="too many descriptors"):
+            await framer.next()
+        assert not any(is_open(fd) for fd in too_many)
+        pending = FrameReader(Chunks((b'{"a"' * 4, [dropped])), 8, FrameBudget(8))
+        with pytest.raises(FrameTooLarge):
+            await pending.next()
+        assert not is_open(dropped)
+
+    asyncio.run(go())
