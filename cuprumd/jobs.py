@@ -15,13 +15,13 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, get_args
 
 from cuprumd.engine.passed import PassedStreams
 from cuprumd.errors import Busy, NotFound, WaitTimeout
 from cuprumd.frames import Lease
 from cuprumd.logging import get_logger
-from cuprumd.models import JobResult, JobSpec, JobState
+from cuprumd.models import JobResult, JobSpec, JobState, PumpName
 from cuprumd.outcome import Facts, build_result, now_iso
 from cuprumd.peers import Peer
 
@@ -29,7 +29,7 @@ __all__ = ["Job", "JobRegistry", "Limits", "Runner", "unstarted_result"]
 
 _log = get_logger("cuprumd.jobs")
 _END_STATES = [state for state in JobState if state.finished]
-_PUMPS = ("python", "rust-splice", "rust-copy")
+_PUMPS: tuple[str, ...] = get_args(PumpName)
 
 
 class _LimitSettings(Protocol):
