@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import array
 import asyncio
+import base64
 import itertools
 import os
 import socket
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Protocol, Self
@@ -31,6 +33,7 @@ from cuprumd.protocol import (
     JobRef,
     JobStatus,
     JobSummary,
+    OutputEvent,
     PingResult,
     StatsResult,
     encode_request,
@@ -112,6 +115,56 @@ def _result(line: bytes, expected_id: int) -> dict[str, Any]:
         msg = f"reply id {reply.id!r} does not match request id {expected_id}"
         raise ClientError(msg)
     return reply.result or {}
+
+
+def _stream_request(
+    request_id: int, job: JobLike, stdin: Iterable[bytes] | None
+) -> tuple[bytes, Iterator[bytes] | None]:
+    """A streaming ``run`` line, and the ``stdin`` lines to follow it."""
+    doc = dict(_job_doc(job))
+    if stdin is None:
+        return encode_request(request_id, "run", job=doc, stream=True), None
+    doc["stdin_encoding"] = "base64"  # chunks may split a character
+    line = encode_request(request_id, "run", job=doc, stream=True, stdin_stream=True)
+
+    def chunks() -> Iterator[bytes]:
+        for chunk in stdin:
+            if chunk:
+                data = base64.b64encode(chunk).decode("ascii")
+                yield encode_request(request_id, "stdin", data=data)
+        yield encode_request(request_id, "stdin", eof=True)
+
+    return line, chunks()
+
+
+def _send_chunks(sock: socket.socket, chunks: Iterator[bytes]) -> None:
+    """The input of a streaming run, from a thread; a connection that
+    breaks ends it (the reader reports why)."""
+    try:
+        for chunk in chunks:
+            sock.sendall(chunk)
+    except OSError:
+        return
+
+
+async def _write_chunks(writer: asyncio.StreamWriter, chunks: Iterator[bytes]) -> None:
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+    except OSError:
+        return
+
+
+def _event(line: bytes) -> OutputEvent | None:
+    """The output event on a reply line, or None for a final reply."""
+    try:
+        reply = parse_reply(line)
+    except ValueError:
+        return None
+    if reply.event is None:
+        return None
+    return OutputEvent.model_validate(reply.event)
 
 
 class Client:
@@ -203,6 +256,42 @@ class Client:
     def ping(self) -> PingResult:
         """Version, protocol, stream backend and pid of the daemon."""
         return PingResult.model_validate(self.request("ping"))
+
+    def stream(
+        self, job: JobLike, *, stdin: Iterable[bytes] | None = None
+    ) -> Iterator[OutputEvent | JobResult]:
+        """Run a job, yielding its output as it is written, then its result.
+
+        ``stdin`` chunks are sent while the job runs, no faster than it
+        reads them (from a thread, so that output keeps flowing). Leaving
+        the loop early closes the connection, which cancels the job.
+        """
+        sock = self._connect()
+        assert self._file is not None
+        request_id = next(self._ids)
+        line, chunks = _stream_request(request_id, job, stdin)
+        writer: threading.Thread | None = None
+        try:
+            sock.sendall(line)
+            if chunks is not None:
+                writer = threading.Thread(
+                    target=_send_chunks, args=(sock, chunks), daemon=True
+                )
+                writer.start()
+            while True:
+                try:
+                    reply_line = self._file.readline()
+                except OSError as exc:
+                    raise ClientError(f"reading from cuprumd failed: {exc}") from None
+                event = _event(reply_line)
+                if event is None:
+                    yield JobResult.model_validate(_result(reply_line, request_id))
+                    return
+                yield event
+        finally:
+            self.close()
+            if writer is not None:
+                writer.join()
 
     def run(
         self,
@@ -378,6 +467,34 @@ class AsyncClient:
     async def ping(self) -> PingResult:
         """Version, protocol, stream backend and pid of the daemon."""
         return PingResult.model_validate(await self.request("ping"))
+
+    async def stream(
+        self, job: JobLike, *, stdin: Iterable[bytes] | None = None
+    ) -> AsyncIterator[OutputEvent | JobResult]:
+        """As ``Client.stream``; the input is sent by a task."""
+        async with self._lock:
+            reader, writer = await self._connect()
+            request_id = next(self._ids)
+            line, chunks = _stream_request(request_id, job, stdin)
+            feeding: asyncio.Task[None] | None = None
+            try:
+                writer.write(line)
+                await writer.drain()
+                if chunks is not None:
+                    feeding = asyncio.create_task(_write_chunks(writer, chunks))
+                while True:
+                    reply_line = await reader.readline()
+                    event = _event(reply_line)
+                    if event is None:
+                        result = _result(reply_line, request_id)
+                        yield JobResult.model_validate(result)
+                        return
+                    yield event
+            finally:
+                if feeding is not None:
+                    feeding.cancel()
+                    await asyncio.wait({feeding})
+                await self.close()
 
     async def run(
         self,

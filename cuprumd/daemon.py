@@ -108,6 +108,8 @@ class _JobRunner:
             cancel=job.cancel,
             executables=job.executables,
             passed=passed,
+            streamer=job.streamer,
+            stdin_chunks=job.stdin_chunks,
         )
 
 

@@ -10,8 +10,18 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+from collections.abc import Awaitable, Callable
 
-__all__ = ["Capture", "Feeder", "OutputBudget", "close_quietly"]
+__all__ = [
+    "Capture",
+    "ChunkQueue",
+    "Deliver",
+    "Feeder",
+    "OutputBudget",
+    "Relay",
+    "StreamFeeder",
+    "close_quietly",
+]
 
 _READ_SIZE = 256 * 1024
 _BURST = 16
@@ -139,3 +149,156 @@ class Feeder:
         self._loop.remove_writer(self._fd)
         close_quietly(self._fd)
         self.done.set_result(None)
+
+
+#: Hands one chunk of a job's output to the client streaming it; ``None``
+#: says the stream ended.
+Deliver = Callable[[bytes | None], Awaitable[None]]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+    if write:
+        loop.add_writer(fd, _wake, waiter)
+    else:
+        loop.add_reader(fd, _wake, waiter)
+    try:
+        await waiter
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+class Relay:
+    """Read a stream and hand each chunk on as it comes, reading the next
+    only once the last was delivered: a client that does not read stops
+    the job's writer (its pipe fills), never grows the daemon's memory.
+
+    ``failed`` holds why delivery stopped (the client went away); the
+    descriptor is then closed, and the writer gets SIGPIPE.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, deliver: Deliver
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._deliver = deliver
+        self._task: asyncio.Task[None] | None = None
+        self.failed: BaseException | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def start(self) -> asyncio.Future[None]:
+        os.set_blocking(self._fd, False)
+        self._task = self._loop.create_task(self._run())
+        return self.done
+
+    async def _run(self) -> None:
+        try:
+            while chunk := await self._read():
+                await self._deliver(chunk)
+            await self._deliver(None)
+        except (OSError, TimeoutError) as exc:
+            self.failed = exc
+        finally:
+            self._close()
+
+    async def _read(self) -> bytes:
+        while True:
+            try:
+                return os.read(self._fd, _READ_SIZE)
+            except BlockingIOError:
+                await _ready(self._loop, self._fd, write=False)
+
+    def _close(self) -> None:
+        if not self.done.done():
+            close_quietly(self._fd)
+            self.done.set_result(None)
+
+    def contents(self) -> tuple[bytes, bool]:
+        """Nothing is kept: it was all delivered."""
+        return b"", False
+
+    def abort(self) -> None:
+        """Stop relaying and close the descriptor (idempotent)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._close()
+
+
+class ChunkQueue:
+    """Input chunks on their way from the client to the first stage, one at
+    a time: whoever puts waits until the stage took the last one, so the
+    client is read no faster than the job reads. ``None`` is the end."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
+        self.closed = False
+
+    async def put(self, chunk: bytes | None) -> None:
+        """Hand on a chunk; once the stage stopped reading, drop it."""
+        if not self.closed:
+            await self._queue.put(chunk)
+
+    async def get(self) -> bytes | None:
+        return await self._queue.get()
+
+    def close(self) -> None:
+        """The stage reads no more: free a waiting ``put`` and drop the rest."""
+        self.closed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+class StreamFeeder:
+    """Write chunks from a ``ChunkQueue`` into the first stage as they
+    arrive, then close it (EOF). EPIPE ends the feed quietly, as for
+    ``Feeder``; the queue is closed so the client's later chunks are
+    dropped rather than waited for."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fd: int, chunks: ChunkQueue
+    ) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._chunks = chunks
+        self._task: asyncio.Task[None] | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def start(self) -> asyncio.Future[None]:
+        os.set_blocking(self._fd, False)
+        self._task = self._loop.create_task(self._run())
+        return self.done
+
+    async def _run(self) -> None:
+        try:
+            while (chunk := await self._chunks.get()) is not None:
+                view = memoryview(chunk)
+                while view:
+                    try:
+                        view = view[os.write(self._fd, view) :]
+                    except BlockingIOError:
+                        await _ready(self._loop, self._fd, write=True)
+        except OSError:
+            pass  # the stage stopped reading (EPIPE): the rest is not wanted
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        self._chunks.close()
+        if not self.done.done():
+            close_quietly(self._fd)
+            self.done.set_result(None)
+
+    def abort(self) -> None:
+        """Stop feeding and close the descriptor (idempotent)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._close()

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, get_args
 
 from cuprumd.engine.passed import PassedStreams
+from cuprumd.engine.streams import OutputStreamer
 from cuprumd.errors import Busy, NotFound, WaitTimeout
+from cuprumd.fdio import ChunkQueue
 from cuprumd.frames import Lease
 from cuprumd.logging import get_logger
 from cuprumd.models import JobResult, JobSpec, JobState, PumpName
@@ -115,6 +117,10 @@ class Job:
     input_lease: Lease | None = None
     #: Descriptors the client passed, until the runner takes them.
     passed: PassedStreams | None = None
+    #: A streaming client: where the output goes as it comes, and where
+    #: the input comes from.
+    streamer: OutputStreamer | None = None
+    stdin_chunks: ChunkQueue | None = None
 
 
 Runner = Callable[[Job], Awaitable[JobResult]]

@@ -193,6 +193,9 @@ class JobResult(BaseModel):
     #: Streams the client passed as descriptors: not captured, so their
     #: fields above are empty.
     passed: list[str] = Field(default_factory=list)
+    #: The output went to the client as ``output`` events while the job ran
+    #: (``"stream": true``), so none is in the result.
+    streamed: bool = False
     #: The bytes of output the job wrote and the result keeps (stdout and
     #: every stderr, before encoding): what a retained result costs.
     _output_bytes: int = PrivateAttr(default=0)

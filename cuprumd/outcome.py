@@ -121,6 +121,7 @@ class Facts:
     fail_fast_stage: int | None
     output_cut: Sequence[bool] = ()
     passed: Sequence[str] = ()
+    streamed: bool = False
 
 
 def build_result(facts: Facts) -> JobResult:
@@ -173,6 +174,7 @@ def build_result(facts: Facts) -> JobResult:
         duration_ms=facts.duration_ms,
         error=facts.error,
         passed=list(facts.passed),
+        streamed=facts.streamed,
     )
     result._output_bytes = len(facts.stdout[0]) + sum(len(e) for e, _ in facts.stderrs)
     return result

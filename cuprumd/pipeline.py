@@ -29,11 +29,13 @@ from cuprumd.engine.cgroup import JobCgroups
 from cuprumd.engine.environment import child_env
 from cuprumd.engine.launch import Containment, Launcher, StageLaunch, choose_launcher
 from cuprumd.engine.passed import STREAM_NAMES, StreamName
+from cuprumd.engine.pipesize import daemon_pipe_size
 from cuprumd.engine.plumbing import SpawnError, open_plumbing
 from cuprumd.engine.processes import JobProcessIndex, ProcessGroup
 from cuprumd.engine.sandbox import Ruleset, Sandbox
 from cuprumd.engine.scratch import JobScratch, ScratchSpace
-from cuprumd.engine.streams import Streams
+from cuprumd.engine.streams import OutputStreamer, Streams
+from cuprumd.fdio import ChunkQueue
 from cuprumd.models import JobResult, JobSpec, JobState
 from cuprumd.outcome import Facts, build_result, now_iso
 
@@ -52,6 +54,10 @@ class _JobLimits(Protocol):
     def kill_grace_seconds(self) -> float: ...
     @property
     def pump_buffer_size(self) -> int: ...
+    @property
+    def max_concurrent_jobs(self) -> int: ...
+    @property
+    def max_stages(self) -> int: ...
 
 
 class _PipelineSettings(_JobLimits, Protocol):
@@ -66,12 +72,17 @@ class RunOptions:
     Without a daemon (library use) there is no sandbox, scratch directory
     or cgroup, but stages still get their own group, the parent-death
     signal and the final sweep.
+
+    ``pipe_size`` is what inter-stage pipes are grown to (0: not grown);
+    ``None`` grows them to ``pump_buffer_size`` (library use: no daemon
+    sharing the per-user pipe budget among its jobs).
     """
 
     max_output_bytes: int = 16 << 20
     default_timeout: float = 300.0
     kill_grace_seconds: float = 5.0
     pump_buffer_size: int = 1 << 20
+    pipe_size: int | None = None
     rlimits: tuple[tuple[int, int, int], ...] = ()
     user: tuple[int, int] | None = None
     sandbox: Sandbox | None = None
@@ -88,6 +99,11 @@ class RunOptions:
             default_timeout=settings.default_timeout,
             kill_grace_seconds=settings.kill_grace_seconds,
             pump_buffer_size=settings.pump_buffer_size,
+            pipe_size=daemon_pipe_size(
+                settings.pump_buffer_size,
+                jobs=settings.max_concurrent_jobs,
+                max_stages=settings.max_stages,
+            ),
             **means,
         )
 
@@ -108,6 +124,8 @@ class _Run:
         self.job = job
         self.passed = dict(passed)
         self.passed_names = frozenset(passed)
+        self.streamer: OutputStreamer | None = None
+        self.stdin_chunks: ChunkQueue | None = None
         self.options = options
         self.backend = backend
         self.job_id = job_id
@@ -129,7 +147,7 @@ class _Run:
         the hands of its owner (``Streams``, ``ProcessGroup``, the scratch
         directory), whose close contract ``settle`` then runs.
         """
-        stdin = self.job.stdin_bytes()
+        stdin = self.stdin_chunks or self.job.stdin_bytes()
         try:
             streams, group = self._prepare(with_stdin=stdin is not None)
             self._start_stages(streams, group)
@@ -143,14 +161,17 @@ class _Run:
     def _prepare(self, *, with_stdin: bool) -> tuple[Streams, ProcessGroup]:
         options = self.options
         passed, self.passed = self.passed, {}
+        pipe_size = options.pipe_size
         links = open_plumbing(
             len(self.job.stages), with_stdin=with_stdin,
-            pipe_size=options.pump_buffer_size, passed=passed,
+            pipe_size=options.pump_buffer_size if pipe_size is None else pipe_size,
+            passed=passed,
         )  # fmt: skip
         self.streams = streams = Streams(
             self.loop, links, self.backend,
             max_output_bytes=options.max_output_bytes,
             buffer_size=options.pump_buffer_size, job_id=self.job_id,
+            streamer=self.streamer,
         )  # fmt: skip
         try:
             cgroup = None if options.cgroups is None else options.cgroups.acquire()
@@ -331,6 +352,7 @@ class _Run:
                 fail_fast_stage=self.fail_fast_stage,
                 output_cut=cut,
                 passed=[n for n in STREAM_NAMES if n in self.passed_names],
+                streamed=self.streamer is not None,
             )
         )
 
@@ -352,6 +374,8 @@ async def execute(
     cancel: asyncio.Event | None = None,
     executables: Sequence[str] | None = None,
     passed: Mapping[StreamName, int] | None = None,
+    streamer: OutputStreamer | None = None,
+    stdin_chunks: ChunkQueue | None = None,
 ) -> JobResult:
     """Run ``job`` to its end and describe how it ended.
 
@@ -361,12 +385,15 @@ async def execute(
     If the awaiting task itself is cancelled, the job is killed and reaped
     before the cancellation propagates: no orphan, no zombie, no open fd.
     ``passed`` descriptors (the client's own stdin, stdout, stderr) become
-    the job's streams and are closed by it, whatever happens.
+    the job's streams and are closed by it, whatever happens. With a
+    ``streamer`` the output is handed to it as it comes instead of being
+    captured; ``stdin_chunks`` feeds the first stage as chunks arrive.
     """
     if backend is StreamBackend.AUTO:
         backend = resolve_stream_backend(backend)
     started, t0 = now_iso(), time.monotonic()
     run = _Run(job, options, backend, job_id, executables, passed=passed or {})
+    run.streamer, run.stdin_chunks = streamer, stdin_chunks
     run.spawn()
     await run.wait(cancel)
     return run.result(started, t0)

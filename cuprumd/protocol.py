@@ -33,6 +33,7 @@ __all__ = [
     "JobStatus",
     "JobSummary",
     "ListRequest",
+    "OutputEvent",
     "PingRequest",
     "PingResult",
     "Reply",
@@ -42,12 +43,14 @@ __all__ = [
     "StatsRequest",
     "StatsResult",
     "StatusRequest",
+    "StdinRequest",
     "SubmitRequest",
     "WaitRequest",
     "encode_request",
     "error_from_reply",
     "error_reply",
     "ok_reply",
+    "output_event",
     "parse_reply",
     "parse_request",
     "too_many_values",
@@ -97,15 +100,39 @@ class _JobRequest(_Request):
 
 
 class RunRequest(_JobRequest):
-    """Run a job and reply with its result when it ends."""
+    """Run a job and reply with its result when it ends.
+
+    ``stream``: send the output as ``output`` events while the job runs,
+    instead of in the result. ``stdin_stream``: the job's input follows as
+    ``stdin`` requests on this connection, up to one with ``eof``.
+    """
 
     op: Literal["run"]
+    stream: bool = False
+    stdin_stream: bool = False
+
+    @model_validator(mode="after")
+    def _check_stdin_stream(self) -> RunRequest:
+        if self.stdin_stream and (self.job.stdin is not None or "stdin" in self.fds):
+            msg = "stdin_stream: the job's stdin is already given"
+            raise ValueError(msg)
+        return self
 
 
 class SubmitRequest(_JobRequest):
     """Start a job and reply with its id at once."""
 
     op: Literal["submit"]
+
+
+class StdinRequest(_Request):
+    """A chunk of a streaming run's input (``stdin_stream``), in the job's
+    ``stdin_encoding``; ``eof`` ends the input. Accepted only while such a
+    run reads its input on this connection."""
+
+    op: Literal["stdin"]
+    data: str = ""
+    eof: bool = False
 
 
 class StatusRequest(_Request):
@@ -151,6 +178,7 @@ Request = (
     | CancelRequest
     | ListRequest
     | StatsRequest
+    | StdinRequest
 )
 
 #: Each op's name comes from its model's ``op`` literal, so the union, this
@@ -173,6 +201,17 @@ class PingResult(_Result):
     stream_backend: str
     pid: int
     features: list[str] = Field(default_factory=list)
+
+
+class OutputEvent(_Result):
+    """A piece of a streaming run's output: ``data`` is what ``stage``
+    wrote to ``stream`` (``stdout`` or ``stderr``), in the job's
+    ``output_encoding``."""
+
+    kind: Literal["output"] = "output"
+    stream: str
+    stage: int
+    data: str
 
 
 class JobRef(_Result):
@@ -350,29 +389,44 @@ def _dumps(value: Any, *, ascii_only: bool = False) -> str:
     )
 
 
+def _echo(request_id: Any) -> str:
+    """The ``id`` to echo, as JSON (ASCII). An id nested nearly as deep as
+    the decoder allows cannot always be encoded again from where the reply
+    is built; it is answered as ``null``, like a request that could not be
+    read."""
+    try:
+        return _dumps(request_id, ascii_only=True)
+    except RecursionError:
+        return "null"
+
+
 def ok_reply(request_id: Any, result: BaseModel) -> bytes:
     """``{"id", "ok": true, "result"}`` as one line.
 
     Strings holding lone surrogates (a client may send them as ``\\ud800``)
     cannot be UTF-8; they are sent as JSON escapes instead of failing.
     """
+    head = _echo(request_id)
     try:
-        head = _dumps(request_id)
         body = result.model_dump_json()
         return f'{{"id":{head},"ok":true,"result":{body}}}\n'.encode()
     except (ValueError, UnicodeEncodeError):
-        doc = {"id": request_id, "ok": True, "result": result.model_dump(mode="json")}
-        return (_dumps(doc, ascii_only=True) + "\n").encode("ascii")
+        body = _dumps(result.model_dump(mode="json"), ascii_only=True)
+        return f'{{"id":{head},"ok":true,"result":{body}}}\n'.encode("ascii")
+
+
+def output_event(request_id: Any, stream: str, stage: int, data: str) -> bytes:
+    """One ``output`` event of a streaming run: a piece of a stage's
+    ``stream`` as it was written, in the job's ``output_encoding``."""
+    event = {"kind": "output", "stream": stream, "stage": stage, "data": data}
+    body = _dumps(event)
+    return f'{{"id":{_echo(request_id)},"ok":true,"event":{body}}}\n'.encode()
 
 
 def error_reply(request_id: Any, error: ProtocolError) -> bytes:
     """``{"id", "ok": false, "error": {"code", "message"}}`` as one line."""
-    doc = {
-        "id": request_id,
-        "ok": False,
-        "error": {"code": error.code, "message": str(error)},
-    }
-    return (_dumps(doc, ascii_only=True) + "\n").encode("ascii")
+    body = _dumps({"code": error.code, "message": str(error)}, ascii_only=True)
+    return f'{{"id":{_echo(request_id)},"ok":false,"error":{body}}}\n'.encode("ascii")
 
 
 def encode_request(request_id: Any, op: str, **fields: Any) -> bytes:
@@ -399,6 +453,7 @@ class Reply(BaseModel):
     ok: bool
     result: dict[str, Any] | None = None
     error: ErrorBody | None = None
+    event: dict[str, Any] | None = None
 
 
 def parse_reply(line: bytes) -> Reply:

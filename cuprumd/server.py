@@ -9,12 +9,16 @@ back in request order; concurrency comes from opening more connections.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import codecs
 import errno
 import os
 import select
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, assert_never
 
@@ -33,6 +37,7 @@ from cuprumd.errors import (
     Internal,
     ProtocolError,
 )
+from cuprumd.fdio import ChunkQueue, Deliver
 from cuprumd.frames import FREE_BYTES, Frame, FrameBudget, FrameReader
 from cuprumd.jobs import Job, JobRegistry
 from cuprumd.listener import Listener
@@ -58,10 +63,12 @@ from cuprumd.protocol import (
     StatsRequest,
     StatsResult,
     StatusRequest,
+    StdinRequest,
     SubmitRequest,
     WaitRequest,
     error_reply,
     ok_reply,
+    output_event,
     parse_request,
 )
 from cuprumd.settings import Settings
@@ -145,6 +152,76 @@ class Connection:
         self.pending = _NOTHING
         self.frames.close()
         self.channel.close()
+
+
+def _decode_stdin(data: str, encoding: str) -> bytes:
+    """A ``stdin`` chunk's bytes, in the job's ``stdin_encoding``."""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(data, validate=True)
+        except binascii.Error as exc:
+            msg = f"stdin chunk is not valid base64: {exc}"
+            raise ValueError(msg) from None
+    try:
+        return data.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        msg = f"stdin chunk is not valid Unicode text ({exc.reason})"
+        raise ValueError(msg) from None
+
+
+class _EventSender:
+    """Sends a streaming run's output events, one at a time and in order.
+
+    Each stream's relay waits for its event to be written before it reads
+    more, so the job's output is held by its pipes while the client's
+    socket is full. A client that does not read for ``timeout`` seconds, or
+    is gone, fails the send: the job is cancelled and the connection, whose
+    last line may be cut, is closed.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        request_id: Any,
+        encoding: str,
+        timeout: float,
+        on_fail: Callable[[], None],
+    ) -> None:
+        self._conn = conn
+        self._id = request_id
+        self._encoding = encoding
+        self._timeout = timeout
+        self._on_fail = on_fail
+        self._lock = asyncio.Lock()
+        self.failed = False
+
+    def deliver_for(self, stream: str, stage: int) -> Deliver:
+        decoder = (
+            None
+            if self._encoding == "base64"
+            else codecs.getincrementaldecoder("utf-8")("replace")
+        )
+
+        async def deliver(chunk: bytes | None) -> None:
+            if decoder is None:
+                text = "" if chunk is None else base64.b64encode(chunk).decode()
+            else:
+                text = decoder.decode(chunk or b"", final=chunk is None)
+            if text:
+                await self._send(output_event(self._id, stream, stage, text))
+
+        return deliver
+
+    async def _send(self, line: bytes) -> None:
+        if self.failed:
+            raise ConnectionAbortedError("the client stopped taking events")
+        try:
+            async with self._lock, asyncio.timeout(self._timeout):
+                await self._conn.send(line)
+        except BaseException:
+            self.failed = True
+            self._on_fail()
+            raise
 
 
 class Server:
@@ -361,6 +438,12 @@ class Server:
                 return self._list(conn)
             case StatsRequest():
                 return self._stats(conn)
+            case StdinRequest():
+                msg = (
+                    "stdin is taken only while a run with stdin_stream reads "
+                    "its input on this connection"
+                )
+                raise BadRequest(msg)
             case _:
                 assert_never(request)
 
@@ -440,21 +523,93 @@ class Server:
         self, conn: Connection, request: RunRequest, frame: Frame
     ) -> BaseModel | None:
         job = self._admit(conn, request.job, frame, request.fds, detached=False)
+        sender: _EventSender | None = None
+        if request.stream:
+            sender = _EventSender(
+                conn,
+                request.id,
+                request.job.output_encoding,
+                self._settings.idle_timeout_seconds,
+                on_fail=lambda: self._registry.cancel(job),
+            )
+            job.streamer = sender.deliver_for
+        feed: asyncio.Task[None] | None = None
+        if request.stdin_stream:
+            job.stdin_chunks = ChunkQueue()
+            feed = asyncio.create_task(
+                self._feed_stdin(conn, job.stdin_chunks, request.job.stdin_encoding)
+            )
         try:
-            watcher = asyncio.create_task(conn.hangup())
-            finished = asyncio.create_task(job.done.wait())
-            await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (watcher, finished):
-                task.cancel()
-            await asyncio.wait({watcher, finished})  # the reader is free again
-            if not job.done.is_set():
+            if feed is not None:
+                finished = asyncio.create_task(job.done.wait())
+                await asyncio.wait(
+                    {feed, finished}, return_when=asyncio.FIRST_COMPLETED
+                )
+                finished.cancel()
+                if not feed.done():  # the job ended first: take the rest of its input
+                    async with asyncio.timeout(self._settings.idle_timeout_seconds):
+                        await feed
+                feed.result()
+            if not await self._outlasted_by_client(conn, job):
                 _log.info("job.client_gone", job_id=job.job_id, **conn.peer.as_log())
                 self._registry.cancel(job)
                 await job.done.wait()
                 return None
+            if sender is not None and sender.failed:
+                return None  # the client stopped reading its events
             return job.result
         finally:
+            if feed is not None and not feed.done():
+                feed.cancel()
+                await asyncio.wait({feed})
+            if not job.done.is_set():  # the conversation broke off mid-run
+                self._registry.cancel(job)
+                await asyncio.shield(job.done.wait())
             self._registry.forget(job)
+
+    async def _outlasted_by_client(self, conn: Connection, job: Job) -> bool:
+        """Wait for the job; False if its client left first."""
+        watcher = asyncio.create_task(conn.hangup())
+        finished = asyncio.create_task(job.done.wait())
+        await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (watcher, finished):
+            task.cancel()
+        await asyncio.wait({watcher, finished})  # the reader is free again
+        return job.done.is_set()
+
+    async def _feed_stdin(
+        self, conn: Connection, chunks: ChunkQueue, encoding: str
+    ) -> None:
+        """Pass ``stdin`` requests on to the job until one says ``eof`` (or
+        the client half-closes): one frame at a time, each only once the
+        job took the last, so the client sends no faster than the job
+        reads. A request of another kind ends the input and is served
+        after the run."""
+        try:
+            while True:
+                frame = await conn.next_frame()
+                if frame is None:
+                    conn.pending = None
+                    return
+                try:
+                    request = parse_request(frame.data, max_stages=1)
+                except RequestError:
+                    request = None
+                if not isinstance(request, StdinRequest):
+                    conn.pending = frame  # not input: the next request
+                    return
+                frame.close()
+                try:
+                    data = _decode_stdin(request.data, encoding)
+                except ValueError as exc:
+                    _log.info("request.invalid", code="bad_request", reason=str(exc))
+                    return
+                if data:
+                    await chunks.put(data)
+                if request.eof:
+                    return
+        finally:
+            await chunks.put(None)
 
     def _submit(self, conn: Connection, request: SubmitRequest, frame: Frame) -> JobRef:
         job = self._admit(conn, request.job, frame, request.fds, detached=True)

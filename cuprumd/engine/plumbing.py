@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 from cuprumd.engine.passed import StreamName
+from cuprumd.engine.pipesize import grow_pipe
 from cuprumd.fdio import close_quietly
 
 __all__ = ["Plumbing", "SpawnError", "errno_name", "open_plumbing"]
@@ -23,26 +22,6 @@ __all__ = ["Plumbing", "SpawnError", "errno_name", "open_plumbing"]
 
 class SpawnError(Exception):
     """A stage could not be started; the message names it and the errno."""
-
-
-@functools.lru_cache(maxsize=1)
-def _pipe_max_size() -> int:
-    try:
-        return int(Path("/proc/sys/fs/pipe-max-size").read_text())
-    except (OSError, ValueError):
-        return 1 << 20
-
-
-def _grow(fd: int, size: int) -> None:
-    """Enlarge a pipe so a pump moves big chunks with few wake-ups.
-
-    The kernel may refuse (a user over ``pipe-user-pages-soft``); the pipe
-    then keeps its default size, which is slower but still correct.
-    """
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, _pipe_max_size()))
-    except OSError:
-        pass
 
 
 def errno_name(number: int | None) -> str:
@@ -100,7 +79,7 @@ class Plumbing:
         r, w = os.pipe2(os.O_CLOEXEC)
         self._owned.update((r, w))
         if size:
-            _grow(r, size)
+            grow_pipe(r, size)
         return r, w
 
     def _dup(self, fd: int) -> int:

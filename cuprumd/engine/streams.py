@@ -15,11 +15,23 @@ from typing import Any
 
 from cuprumd.backend import StreamBackend
 from cuprumd.engine.plumbing import Plumbing
-from cuprumd.fdio import Capture, Feeder, OutputBudget
+from cuprumd.fdio import (
+    Capture,
+    ChunkQueue,
+    Deliver,
+    Feeder,
+    OutputBudget,
+    Relay,
+    StreamFeeder,
+)
 from cuprumd.outcome import TransferOutcome
 from cuprumd.pump import Transfer, start_transfer
 
-__all__ = ["Streams"]
+__all__ = ["OutputStreamer", "Streams"]
+
+#: For a streaming client: the ``Deliver`` for a stream (``"stdout"`` or
+#: ``"stderr"``) of a stage.
+OutputStreamer = Callable[[str, int], Deliver]
 
 
 class Streams:
@@ -34,6 +46,7 @@ class Streams:
         max_output_bytes: int,
         buffer_size: int,
         job_id: str | None,
+        streamer: OutputStreamer | None = None,
     ) -> None:
         self._loop = loop
         self.plumbing = plumbing
@@ -41,26 +54,27 @@ class Streams:
         self._budget = OutputBudget(max_output_bytes)
         self._buffer_size = buffer_size
         self._job_id = job_id
-        self.stdout: Capture | None = None
-        self.stderrs: list[Capture | None] = [None] * len(plumbing.err)
-        self.feeder: Feeder | None = None
+        self._streamer = streamer
+        self.stdout: Capture | Relay | None = None
+        self.stderrs: list[Capture | Relay | None] = [None] * len(plumbing.err)
+        self.feeder: Feeder | StreamFeeder | None = None
         self.transfers: list[Transfer] = []
 
-    def start(self, stdin: bytes | None) -> None:
+    def start(self, stdin: bytes | ChunkQueue | None) -> None:
         """Hand every runner-side descriptor to its reader, writer or pump."""
         links = self.plumbing
-        if stdin is not None:
+        if isinstance(stdin, ChunkQueue):
+            self.feeder = StreamFeeder(self._loop, links.take_stdin_writer(), stdin)
+            self.feeder.start()
+        elif stdin is not None:
             self.feeder = Feeder(self._loop, links.take_stdin_writer(), stdin)
             self.feeder.start()
+        last = len(self.stderrs) - 1
         if "stderr" not in links.passed:
             for i in range(len(self.stderrs)):
-                reader = links.take_stderr_reader(i)
-                capture = Capture(self._loop, reader, self._budget)
-                capture.start()
-                self.stderrs[i] = capture
+                self.stderrs[i] = self._output(links.take_stderr_reader(i), "stderr", i)
         if "stdout" not in links.passed:
-            self.stdout = Capture(self._loop, links.take_stdout_reader(), self._budget)
-            self.stdout.start()
+            self.stdout = self._output(links.take_stdout_reader(), "stdout", last)
         for i in range(len(self.stderrs) - 1):
             reader, writer = links.take_transfer(i)
             context = {"job_id": self._job_id, "from_stage": i, "to_stage": i + 1}
@@ -74,8 +88,19 @@ class Streams:
                 )
             )
 
-    def _captures(self) -> list[Capture | Feeder]:
-        found: list[Capture | Feeder | None] = [self.stdout, *self.stderrs, self.feeder]
+    def _output(self, fd: int, stream: str, stage: int) -> Capture | Relay:
+        """A capture within the job's budget, or, for a streaming client, a
+        relay to it (nothing kept, so no budget)."""
+        reader: Capture | Relay
+        if self._streamer is None:
+            reader = Capture(self._loop, fd, self._budget)
+        else:
+            reader = Relay(self._loop, fd, self._streamer(stream, stage))
+        reader.start()
+        return reader
+
+    def _captures(self) -> list[Capture | Relay | Feeder | StreamFeeder]:
+        found = [self.stdout, *self.stderrs, self.feeder]
         return [c for c in found if c is not None]
 
     def stop_feeding(self) -> None:
@@ -116,8 +141,8 @@ class Streams:
         """Per stage, whether the daemon closed one of its output streams
         (the job's output budget was spent): a SIGPIPE it then dies of was
         earned, as behind ``| head -c N``."""
-        cut = [c is not None and c.cut for c in self.stderrs]
-        if self.stdout is not None and self.stdout.cut:
+        cut = [isinstance(c, Capture) and c.cut for c in self.stderrs]
+        if isinstance(self.stdout, Capture) and self.stdout.cut:
             cut[-1] = True
         return cut
 

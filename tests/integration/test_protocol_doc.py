@@ -6,7 +6,6 @@ values such as pids, times and job ids are ignored)."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -25,17 +24,39 @@ DOC_SETTINGS = {
     "max_concurrent_jobs": 1,
     "max_queued_jobs": 0,
 }
-OPS = {"ping", "run", "submit", "status", "wait", "cancel", "list", "stats"}
+OPS = {"ping", "run", "submit", "status", "wait", "cancel", "list", "stats", "stdin"}
 
 
-def exchanges() -> list[tuple[str, str]]:
-    lines = DOC.read_text().splitlines()
-    pairs = []
-    for here, after in itertools.pairwise(lines):
-        if here.startswith("> "):
-            assert after.startswith("< "), f"request without a reply: {here}"
-            pairs.append((here[2:], after[2:]))
-    return pairs
+def exchanges() -> list[tuple[str, list[str]]]:
+    """Each example request and its replies: none for a ``stdin`` chunk,
+    one for most, events then a result for a stream (a reply belongs to the
+    latest request with its ``id`` that is not a ``stdin`` chunk)."""
+    found: list[tuple[str, list[str]]] = []
+    for line in DOC.read_text().splitlines():
+        if line.startswith("> "):
+            found.append((line[2:], []))
+        elif line.startswith("< "):
+            reply_id = json.loads(line[2:]).get("id")
+            owner = next(
+                (
+                    replies
+                    for request, replies in reversed(found)
+                    if '"op":"stdin"' not in request
+                    and _request_id(request) == reply_id
+                ),
+                found[-1][1],  # an id the daemon could not read: the last one
+            )
+            owner.append(line[2:])
+    for request, replies in found:
+        assert replies or '"op":"stdin"' in request, f"no reply: {request}"
+    return found
+
+
+def _request_id(request: str) -> Any:
+    try:
+        return json.loads(request).get("id")
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -75,7 +96,7 @@ def doc_daemon() -> Iterator[Daemon]:
 
 def test_every_op_has_an_example() -> None:
     documented = set()
-    for request, _reply in exchanges():
+    for request, _replies in exchanges():
         match = re.search(r'"op":"(\w+)"', request)
         if match:
             documented.add(match.group(1))
@@ -91,14 +112,28 @@ def test_every_error_code_is_documented() -> None:
 def test_examples_replay_against_a_real_daemon(doc_daemon: Daemon) -> None:
     ids: dict[str, str] = {}  # job id in the doc -> job id in this run
     with doc_daemon.connect() as conn:
+        streaming: list[str] = []  # the replies a stdin_stream run awaits
         for documented_request, documented in exchanges():
             request = documented_request
             for doc_id, live_id in ids.items():
                 request = request.replace(doc_id, live_id)
-            expected = json.loads(documented)
+            if '"stdin_stream":true' in request:
+                conn.send_line(request.encode())
+                streaming = documented
+                continue
+            if '"op":"stdin"' in request and not documented:
+                conn.send_line(request.encode())
+                if '"eof":true' in request:
+                    for want in streaming:
+                        assert shape(conn.read()) == shape(json.loads(want)), request
+                continue
+            expected = json.loads(documented[0])
             with passed_streams(request, expected) as fds:
                 reply = conn.request_line(request.encode(), fds)
-            assert shape(reply) == shape(expected), request
+            replies = [reply] + [conn.read() for _ in documented[1:]]
+            for got, want in zip(replies, documented, strict=True):
+                assert shape(got) == shape(json.loads(want)), request
+            expected, reply = json.loads(documented[-1]), replies[-1]
             result = expected.get("result") or {}
             if '"op":"submit"' in request and "job_id" in result:
                 ids[result["job_id"]] = reply["result"]["job_id"]
