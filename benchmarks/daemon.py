@@ -33,8 +33,13 @@ TRUE_JOB = {"stages": [{"argv": ["true"]}]}
 
 
 @contextlib.contextmanager
-def daemon(backend: str, event_loop: str, **extra: Any) -> Iterator[tuple[Path, int]]:
-    """Start a real daemon; yield its socket path and pid."""
+def daemon(
+    backend: str, event_loop: str, *, user: int | None = None, **extra: Any
+) -> Iterator[tuple[Path, int]]:
+    """Start a real daemon; yield its socket path and pid.
+
+    With ``user`` (as root), the daemon runs as that uid via ``setpriv``,
+    as the tests' unprivileged daemons do; its clients here stay root."""
     with tempfile.TemporaryDirectory(prefix="cuprumd-bench-") as tmp:
         sock = Path(tmp) / "d.sock"
         config = Path(tmp) / "d.toml"
@@ -48,11 +53,13 @@ def daemon(backend: str, event_loop: str, **extra: Any) -> Iterator[tuple[Path, 
         ] + [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
         config.write_text("\n".join(lines) + "\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUPRUM_")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cuprumd.cli", "serve", "--config", str(config)],
-            env=env,
-            stderr=subprocess.DEVNULL,
-        )
+        argv = [sys.executable, "-m", "cuprumd.cli", "serve", "--config", str(config)]
+        if user is not None:
+            for path in (Path(tmp), config):
+                os.chown(path, user, user)
+            argv = [*as_user(user), *argv]
+            env["HOME"] = tmp
+        proc = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 20
             while True:
@@ -69,6 +76,19 @@ def daemon(backend: str, event_loop: str, **extra: Any) -> Iterator[tuple[Path, 
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+def as_user(uid: int) -> list[str]:
+    """The ``setpriv`` prefix that runs a command as ``uid``, no capabilities.
+
+    The command is exec'd while setpriv still holds root's capabilities, so
+    an interpreter under a directory ``uid`` cannot search (a pyenv Python
+    in ``/root``) still starts; the same interpreter started *by* ``uid``
+    would not."""
+    return [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "--inh-caps=-all",
+    ]  # fmt: skip
 
 
 class Conn:
@@ -210,18 +230,46 @@ def peak_rss_under_load(path: Path, pid: int, jobs: int, size: int) -> dict[str,
     finally:
         conn.close()
     ok = sum(1 for r in results if r["stdout"].strip() == str(size))
+    seconds = time.monotonic() - started
     return {
         "jobs": jobs,
         "bytes_per_job": size,
         "succeeded": ok,
         "idle_rss_mib": idle / 1024,
         "peak_rss_mib": peak / 1024,
-        "seconds": time.monotonic() - started,
+        "seconds": seconds,
+        "mib_per_s": jobs * size / seconds / (1 << 20),
     }
 
 
-def run_all(*, quick: bool = False) -> dict[str, Any]:
-    """Every daemon figure of DESIGN section 9, printed and returned."""
+def bench_pipe_size(*, unprivileged: bool) -> int:
+    """The inter-stage pipe size the daemons started here use: the default
+    settings but ``max_concurrent_jobs = 128``, on this machine's budget."""
+    import dataclasses
+
+    from cuprumd.engine.pipesize import PipeBudget, inter_stage_pipe_size
+    from cuprumd.settings import Settings
+
+    defaults = Settings()
+    budget = PipeBudget.of_this_process()
+    if unprivileged:
+        budget = dataclasses.replace(budget, exempt=False)
+    return inter_stage_pipe_size(
+        defaults.pump_buffer_size,
+        jobs=128,
+        max_stages=defaults.max_stages,
+        budget=budget,
+    )
+
+
+def run_all(*, quick: bool = False, user: int | None = None) -> dict[str, Any]:
+    """Every daemon figure of DESIGN section 9, printed and returned.
+
+    With ``user`` (as root), every daemon runs as that uid via ``setpriv``,
+    and the sandbox's cost, a root measurement, is left out."""
+    uid = os.getuid() if user is None else user
+    label = "root" if uid == 0 else f"unprivileged, uid {uid}"
+    who = f" [{label}]"
     count = 200 if quick else 1000
     seconds = 3.0 if quick else 10.0
     big = (64 << 20) if quick else (1 << 30)
@@ -233,7 +281,7 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
     load = {}
     for backend in backends:
         for loop in ("asyncio", "uvloop"):
-            with daemon(backend, loop) as (path, _pid):
+            with daemon(backend, loop, user=user) as (path, _pid):
                 rtt = sorted(round_trip_times(path, count))
                 rate = jobs_per_second(path, 8, seconds)
             p50 = statistics.median(rtt)
@@ -247,10 +295,15 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
                     "rate_vs_spawn": rate / rate_ref,
                 }
             )
-        with daemon(backend, "auto") as (path, pid):
+        # Each submitted job reserves max_output_bytes of max_retained_bytes
+        # at admission: 64 at the default 16 MiB would not all be admitted.
+        with daemon(backend, "auto", user=user, max_output_bytes=1 << 20) as (
+            path,
+            pid,
+        ):
             load[backend] = peak_rss_under_load(path, pid, 64, big)
     print(
-        f"\nDaemon: one-stage `true` jobs; reference posix_spawn+wait p50 "
+        f"\nDaemon{who}: one-stage `true` jobs; reference posix_spawn+wait p50 "
         f"{spawn_p50 * 1000:.3f} ms, {rate_ref:.0f} spawns/s\n"
     )
     from benchmarks.report import table
@@ -268,21 +321,27 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
             ],
         )
     )
-    sandboxed = sandbox_round_trips(count)
-    print("\nThe sandbox's cost: one-stage `true` RTT p50, interleaved runs\n")
-    print(
-        table(
-            [sandboxed],
-            [
-                ("spawn_p50_ms", "posix_spawn ms", ".3f"),
-                ("off_p50_ms", "sandbox off ms", ".3f"),
-                ("off_vs_spawn", "off / spawn (≤ 1.5)", ".2f"),
-                ("strict_p50_ms", "strict ms", ".3f"),
-                ("strict_vs_spawn", "strict / spawn (≤ 2.0)", ".2f"),
-            ],
+    sandboxed = sandbox_round_trips(count) if user is None else None
+    if sandboxed is not None:
+        print("\nThe sandbox's cost: one-stage `true` RTT p50, interleaved runs\n")
+        print(
+            table(
+                [sandboxed],
+                [
+                    ("spawn_p50_ms", "posix_spawn ms", ".3f"),
+                    ("off_p50_ms", "sandbox off ms", ".3f"),
+                    ("off_vs_spawn", "off / spawn (≤ 1.5)", ".2f"),
+                    ("strict_p50_ms", "strict ms", ".3f"),
+                    ("strict_vs_spawn", "strict / spawn (≤ 2.0)", ".2f"),
+                ],
+            )
         )
+    pipe_size = bench_pipe_size(unprivileged=uid != 0)
+    pipes = f"{pipe_size >> 10} KiB" if pipe_size else "the default 64 KiB"
+    print(
+        f"\nDaemon{who} RSS during 64 concurrent {big >> 20} MiB pipelines "
+        f"(< 200 MiB); inter-stage pipes {pipes}:\n"
     )
-    print(f"\nDaemon RSS during 64 concurrent {big >> 20} MiB pipelines (< 200 MiB):\n")
     print(
         table(
             [{"backend": k, **v} for k, v in load.items()],
@@ -292,6 +351,7 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
                 ("idle_rss_mib", "idle RSS MiB", ".1f"),
                 ("peak_rss_mib", "peak RSS MiB", ".1f"),
                 ("seconds", "seconds", ".1f"),
+                ("mib_per_s", "MiB/s (all jobs)", ".0f"),
             ],
         )
     )
@@ -301,4 +361,6 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
         "rows": rows,
         "sandbox": sandboxed,
         "rss": load,
+        "pipe_size": pipe_size,
+        "user": label,
     }

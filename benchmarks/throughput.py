@@ -2,14 +2,24 @@
 
 Every variant runs the same three-stage pipeline, ``head -c N /dev/zero |
 cat | wc -c``; the variants are interleaved within each repetition so that
-machine noise hits them alike, and medians are compared.
+machine noise hits them alike, and medians are compared. cuprumd's jobs
+run with the options a daemon with the default settings would give them,
+so their inter-stage pipes are sized as deployed: within the per-user pipe
+budget when this process is unprivileged.
+
+``measure_pacing`` puts the Rust pump's pacer against no pacing at fixed
+pipe capacities: the same pipeline, every pipe set to one capacity, the
+two pumps run with and without pacing, interleaved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -18,6 +28,7 @@ from typing import Any
 from cuprumd.backend import StreamBackend, is_rust_available
 from cuprumd.models import JobResult, JobSpec
 from cuprumd.pipeline import RunOptions, execute
+from cuprumd.settings import Settings
 
 GiB = 1 << 30
 
@@ -49,14 +60,21 @@ def _spec(size: int) -> JobSpec:
     )
 
 
+def deployed_options() -> RunOptions:
+    """A default daemon's job options, its pipe size decided for this uid."""
+    return RunOptions.from_settings(Settings())
+
+
 def _runner(
     backend: StreamBackend,
     loop_runner: Callable[[Coroutine[Any, Any, JobResult]], JobResult],
 ) -> Callable[[int], float]:
+    options = deployed_options()
+
     def run(size: int) -> float:
         spec = _spec(size)
         started = time.perf_counter()
-        result = loop_runner(execute(spec, RunOptions(), backend))
+        result = loop_runner(execute(spec, options, backend))
         elapsed = time.perf_counter() - started
         assert result.stdout.strip() == str(size), result
         return elapsed
@@ -111,4 +129,94 @@ def measure(sizes: dict[str, int], reps: int) -> list[dict[str, Any]]:
                     "samples": samples[variant.name],
                 }
             )
+    return rows
+
+
+def _pipe(capacity: int) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    fcntl.fcntl(r, fcntl.F_SETPIPE_SZ, capacity)
+    got = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+    if got != capacity:
+        os.close(r)
+        os.close(w)
+        msg = f"pipe capacity {got}, not {capacity}"
+        raise OSError(msg)
+    return r, w
+
+
+def _spawn(argv: list[str], stdin: int, stdout: int) -> int:
+    actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1)]
+    return os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+
+
+def paced_pipeline(size: int, capacity: int, *, pacing: bool) -> float:
+    """``head -c size /dev/zero | cat | wc -c`` with every pipe at
+    ``capacity`` and the Rust pump between stages; seconds."""
+    import cuprumd._native as native
+
+    pipes = [_pipe(capacity) for _ in range(4)]
+    (a_r, a_w), (b_r, b_w), (c_r, c_w), (d_r, d_w) = pipes
+    null_in = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    null_out = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    results: list[tuple[int, str, bool]] = []
+
+    def transfer(reader: int, writer: int) -> None:
+        try:
+            results.append(
+                native.rust_pump_transfer(
+                    reader, writer, buffer_size=1 << 20, pacing=pacing
+                )
+            )
+        finally:
+            os.close(reader)
+            os.close(writer)
+
+    started = time.perf_counter()
+    pids = [
+        _spawn(["head", "-c", str(size), "/dev/zero"], null_in, a_w),
+        _spawn(["cat"], b_r, c_w),
+        _spawn(["wc", "-c"], d_r, null_out),
+    ]
+    for fd in (a_w, b_r, c_w, d_r, null_in, null_out):
+        os.close(fd)
+    pumps = [
+        threading.Thread(target=transfer, args=(a_r, b_w)),
+        threading.Thread(target=transfer, args=(c_r, d_w)),
+    ]
+    for thread in pumps:
+        thread.start()
+    for thread in pumps:
+        thread.join()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    elapsed = time.perf_counter() - started
+    assert [moved for moved, _, _ in results] == [size, size], results
+    return elapsed
+
+
+def measure_pacing(
+    capacities: dict[str, int], size: int, reps: int
+) -> list[dict[str, Any]]:
+    """Median MiB/s with and without pacing at each pipe capacity."""
+    rows: list[dict[str, Any]] = []
+    if not is_rust_available():
+        return rows
+    for label, capacity in capacities.items():
+        samples: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(reps):
+            for pacing in (True, False):
+                samples[pacing].append(paced_pipeline(size, capacity, pacing=pacing))
+        paced, unpaced = (statistics.median(samples[p]) for p in (True, False))
+        rows.append(
+            {
+                "capacity": label,
+                "capacity_bytes": capacity,
+                "bytes": size,
+                "paced_mib_s": size / paced / (1 << 20),
+                "unpaced_mib_s": size / unpaced / (1 << 20),
+                "paced_vs_unpaced": unpaced / paced,
+                "samples_paced": samples[True],
+                "samples_unpaced": samples[False],
+            }
+        )
     return rows

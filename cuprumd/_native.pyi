@@ -33,6 +33,7 @@ def rust_pump_transfer(
     *,
     buffer_size: int = 65536,
     progress: TransferProgress | None = None,
+    pacing: bool = True,
 ) -> tuple[int, str, bool]:
     """Move bytes until EOF or until the consumer hangs up.
 
@@ -41,7 +42,9 @@ def rust_pump_transfer(
     closed its end first, and the reader is left undrained so the producer
     gets SIGPIPE once the caller closes it. ``progress``, when given, is
     updated after every chunk the writer accepts; when the call returns it
-    agrees with the result.
+    agrees with the result. ``pacing=False`` turns off the short pauses
+    that let data pile up in a large pipe between splices (kept only to
+    measure the two side by side).
     """
 
 def is_available() -> bool:
@@ -63,7 +66,7 @@ def spawn_stage(
     *,
     process_group: int = 0,
     cwd: bytes | None = None,
-    cgroup_procs_fd: int | None = None,
+    cgroup_fd: int | None = None,
     user: tuple[int, int] | None = None,
     landlock_ruleset_fd: int | None = None,
     rlimits: list[tuple[int, int, int]] | tuple[tuple[int, int, int], ...] = (),
@@ -76,13 +79,14 @@ def spawn_stage(
     caller that become the child's 0, 1 and 2 (any numbers, repeats
     allowed); all others are closed in the child, none in the caller. Before
     exec the child resets every signal disposition, leads
-    (``process_group=0``) or joins a process group, writes ``"0"`` to
-    ``cgroup_procs_fd``, switches to ``user`` (``(uid, gid)``, no
-    supplementary groups), gets SIGKILL as parent-death signal (tied to the
-    calling *thread*), applies ``rlimits`` (``(resource, soft, hard)``, -1
-    for ``RLIM_INFINITY``), changes to ``cwd`` and restricts itself with
-    ``landlock_ruleset_fd``. The caller owns the close-on-exec pidfd and
-    must reap the child. The GIL is released while the child starts.
+    (``process_group=0``) or joins a process group, is in the cgroup whose
+    directory is ``cgroup_fd`` (created inside it), switches to ``user``
+    (``(uid, gid)``, no supplementary groups), gets SIGKILL as parent-death
+    signal (tied to the calling *thread*), applies ``rlimits``
+    (``(resource, soft, hard)``, -1 for ``RLIM_INFINITY``), changes to
+    ``cwd`` and restricts itself with ``landlock_ruleset_fd``. The caller
+    owns the close-on-exec pidfd and must reap the child. The GIL is
+    released while the child starts.
 
     Errors: ``ValueError`` for a NUL byte in a string; ``OSError(errno,
     message, step)`` (``PermissionError``, ``FileNotFoundError``, ...) when a

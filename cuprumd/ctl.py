@@ -1,24 +1,48 @@
 """``cuprumctl``: the daemon from a shell, behaving like the pipeline would.
 
-``cuprumctl run -- sort -r '|' head -n 3`` feeds its own stdin to the job,
-writes the job's output to its own stdout/stderr byte for byte, and exits
-with the status a shell would have given the pipeline (pipefail), so it can
-stand in for the pipeline inside scripts.
+``cuprumctl run -- sort -r '|' head -n 3`` hands its own stdin, stdout and
+stderr to the daemon (``SCM_RIGHTS``), so the job's stages read and write
+them directly, as if the shell had started the pipeline, and exits with the
+status a shell would have given the pipeline (pipefail), so it can stand in
+for the pipeline inside scripts. ``--capture`` (or a daemon that cannot
+take descriptors) sends stdin inside the request and writes the output the
+result carries instead.
+
+``run`` and ``ping`` run often, so they import only what they use: their
+command lines are parsed here (argparse only for help, mistakes and the
+other commands), and they speak the protocol through ``cuprumd.wire``. The
+other commands import the full client (and pydantic) when they run.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
+import binascii
 import json
+import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from types import SimpleNamespace
 
-from cuprumd.client import Client, ClientError, DaemonUnavailable, UntrustedDaemon
-from cuprumd.errors import FrameTooLarge, ProtocolError
-from cuprumd.models import JobResult, JobState
+from cuprumd import wire
+from cuprumd.errors import ClientError, FrameTooLarge, ProtocolError
+
+#: ``typing.TYPE_CHECKING`` without importing typing (mypy knows the name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, TypeAlias
+
+    from cuprumd.client import Client
+    from cuprumd.models import JobResult
+
+    #: A parsed command line: from argparse, or from ``_quick_args``.
+    Args: TypeAlias = argparse.Namespace | SimpleNamespace
+    Command: TypeAlias = Callable[[Args], int]
+    ClientCommand: TypeAlias = Callable[[Client, Args], int]
+    #: An option: its flags, ``dest``, kind (``flag``, ``append``, ``str``
+    #: or ``float``), metavar and help.
+    Option: TypeAlias = tuple[tuple[str, ...], str, str, str | None, str]
 
 __all__ = ["exit_status", "main", "split_stages"]
 
@@ -28,6 +52,37 @@ EX_TIMED_OUT = 124
 EX_CANCELLED = 130
 EX_SIGPIPE = 128 + signal.SIGPIPE
 STAGE_SEPARATOR = "|"
+#: Our descriptors a job may take over, by the names of the protocol.
+STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
+#: Signals that make ``run`` hang up, which cancels the job.
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+COMMON_OPTIONS: tuple[Option, ...] = (
+    (("--socket",), "socket", "str", None,
+     "daemon socket (default: $CUPRUM_SOCKET, then discovery)"),
+    (("--daemon-user",), "daemon_user", "str", None,
+     "a user the daemon may run as, besides root and you "
+     "(default: $CUPRUM_DAEMON_USER)"),
+    (("--json",), "json", "flag", None,
+     "print JSON replies (run: the JobResult, which implies --capture)"),
+)  # fmt: skip
+JOB_OPTIONS: tuple[Option, ...] = (
+    (("--timeout",), "timeout", "float", None, "job timeout in seconds"),
+    (("--env",), "env", "append", "K=V", "a variable for the job (repeatable)"),
+    (("--cwd",), "cwd", "str", None, "working directory of the job"),
+    (("--fail-fast",), "fail_fast", "flag", None,
+     "stop the other stages as soon as one fails"),
+    (("-n", "--no-stdin"), "no_stdin", "flag", None,
+     "do not give the job our stdin (it reads /dev/null)"),
+    (("--separator",), "separator", "str", "SEP",
+     f"the argument between stages (default {STAGE_SEPARATOR!r})"),
+)  # fmt: skip
+RUN_OPTIONS: tuple[Option, ...] = (
+    (("--capture",), "capture", "flag", None,
+     "send stdin inside the request and print the output the result "
+     "carries, instead of handing the job our descriptors"),
+)  # fmt: skip
+DEFAULTS = {"separator": STAGE_SEPARATOR}
 
 
 def split_stages(
@@ -55,30 +110,35 @@ def split_stages(
     return stages
 
 
-_FIXED_STATUS = {
-    JobState.SUCCEEDED: 0,
-    JobState.TIMED_OUT: EX_TIMED_OUT,
-    JobState.CANCELLED: EX_CANCELLED,
-}
+_FIXED_STATUS = {"succeeded": 0, "timed_out": EX_TIMED_OUT, "cancelled": EX_CANCELLED}
 
 
 def exit_status(result: JobResult) -> int:
     """The status a shell with ``pipefail`` would report for this job."""
-    fixed = _FIXED_STATUS.get(result.state)
+    return _status(result.model_dump(mode="json"))
+
+
+def _status(doc: Mapping[str, Any]) -> int:
+    """``exit_status`` of a JobResult as JSON: 0, the failed stage's exit
+    code or 128 + its signal number, 124 (timed out), 130 (cancelled), else
+    1."""
+    state = doc.get("state")
+    fixed = _FIXED_STATUS.get(str(state))
     if fixed is not None:
         return fixed
-    if result.state is not JobState.FAILED or result.failed_stage is None:
+    failed = doc.get("failed_stage")
+    if state != "failed" or not isinstance(failed, int):
         return 1
-    stage = result.stages[result.failed_stage]
-    if stage.exit_code:
-        return stage.exit_code
-    signum = signal.Signals.__members__.get(stage.signal or "")
+    stage = doc["stages"][failed]
+    if stage.get("exit_code"):
+        return int(stage["exit_code"])
+    signum = signal.Signals.__members__.get(stage.get("signal") or "")
     return 1 if signum is None else 128 + signum.value
 
 
 def _decode(text: str, encoding: str) -> bytes:
     if encoding == "base64":
-        return base64.b64decode(text)
+        return binascii.a2b_base64(text)
     return text.encode("utf-8")
 
 
@@ -92,10 +152,12 @@ def _read_stdin() -> tuple[str, str] | None:
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
+        return binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"
 
 
-def _job(args: argparse.Namespace) -> dict[str, Any]:
+def _job(args: Args, *, read_stdin: bool = True) -> dict[str, Any]:
+    """The job the command line asks for; with ``read_stdin``, our stdin
+    (unless ``--no-stdin``) travels inside it."""
     try:
         stages = split_stages(args.command, args.separator)
     except ValueError as exc:
@@ -117,7 +179,7 @@ def _job(args: argparse.Namespace) -> dict[str, Any]:
         job["cwd"] = args.cwd
     if args.timeout is not None:
         job["timeout"] = args.timeout
-    stdin = None if args.no_stdin else _read_stdin()
+    stdin = None if args.no_stdin or not read_stdin else _read_stdin()
     if stdin is not None:
         job["stdin"], job["stdin_encoding"] = stdin
     return job
@@ -127,37 +189,91 @@ class _UsageError(Exception):
     pass
 
 
+class _Interrupted(BaseException):
+    """A signal that ends ``run``: the hang-up that follows cancels the job."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise _Interrupted(signum)
+
+
 def _print_json(doc: object) -> None:
     print(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
-def _report(result: JobResult, *, as_json: bool) -> int:
-    """Write the job's output as if it had run here; return its status."""
+def _report(result: Mapping[str, Any], *, as_json: bool = False) -> int:
+    """Write the job's output as if it had run here (what the daemon did
+    not write to our own descriptors already); return its status."""
     if as_json:
-        _print_json(result.model_dump(mode="json"))
-        return exit_status(result)
-    sys.stdout.buffer.write(_decode(result.stdout, result.output_encoding))
-    sys.stdout.buffer.flush()
-    for stage in result.stages:
-        sys.stderr.buffer.write(_decode(stage.stderr, result.output_encoding))
-    sys.stderr.buffer.flush()
+        _print_json(result)
+        return _status(result)
+    passed = result.get("passed") or ()
+    encoding = result["output_encoding"]
+    if "stdout" not in passed and sys.stdout is not None:
+        sys.stdout.buffer.write(_decode(result["stdout"], encoding))
+        sys.stdout.buffer.flush()
+    if "stderr" not in passed and sys.stderr is not None:
+        for stage in result["stages"]:
+            sys.stderr.buffer.write(_decode(stage["stderr"], encoding))
+        sys.stderr.buffer.flush()
     notes = {
-        JobState.TIMED_OUT: "job timed out",
-        JobState.CANCELLED: "job was cancelled",
-        JobState.ERROR: f"job could not run: {result.error}",
+        "timed_out": "job timed out",
+        "cancelled": "job was cancelled",
+        "error": f"job could not run: {result.get('error')}",
     }
-    if result.state in notes:
-        print(f"cuprumctl: {notes[result.state]}", file=sys.stderr)
-    if result.stdout_truncated:
+    note = notes.get(result["state"])
+    if note is not None:
+        print(f"cuprumctl: {note}", file=sys.stderr)
+    if result.get("stdout_truncated"):
         print("cuprumctl: stdout was truncated (max_output_bytes)", file=sys.stderr)
-    return exit_status(result)
+    return _status(result)
 
 
-def _cmd_run(client: Client, args: argparse.Namespace) -> int:
-    return _report(client.run(_job(args)), as_json=args.json)
+def _open_streams(args: Args) -> dict[str, int]:
+    """Our descriptors the job takes over: all three that are open (stdin
+    not with ``--no-stdin``), whatever they are (file, pipe, terminal)."""
+    streams: dict[str, int] = {}
+    for name, fd in STREAMS.items():
+        if name == "stdin" and args.no_stdin:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue  # closed: the job gets /dev/null, its output is dropped
+        streams[name] = fd
+    return streams
 
 
-def _cmd_submit(client: Client, args: argparse.Namespace) -> int:
+def _cmd_run(args: Args) -> int:
+    """``run``: a pipe, unless ``--capture``/``--json`` or an old daemon."""
+    if args.capture or args.json:
+        return _client_command(_run_captured)(args)
+    job = _job(args, read_stdin=False)
+    streams = _open_streams(args)
+    with wire.Connection(args.socket, daemon_user=args.daemon_user) as conn:
+        features = conn.request("ping").get("features")
+        if isinstance(features, list) and wire.FDS_FEATURE in features:
+            for signum in INTERRUPTS:
+                signal.signal(signum, _interrupt)
+            return _report(conn.request("run", fds=streams, job=job))
+    print(
+        "cuprumctl: this cuprumd cannot take descriptors; "
+        "running with --capture (stdin and output held in memory)",
+        file=sys.stderr,
+    )
+    return _client_command(_run_captured)(args)
+
+
+def _run_captured(client: Client, args: Args) -> int:
+    result = client.run(_job(args)).model_dump(mode="json")
+    return _report(result, as_json=args.json)
+
+
+def _cmd_submit(client: Client, args: Args) -> int:
     job_id = client.submit(_job(args))
     if args.json:
         _print_json({"job_id": job_id})
@@ -166,11 +282,12 @@ def _cmd_submit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_wait(client: Client, args: argparse.Namespace) -> int:
-    return _report(client.wait(args.job_id, args.timeout), as_json=args.json)
+def _cmd_wait(client: Client, args: Args) -> int:
+    result = client.wait(args.job_id, args.timeout).model_dump(mode="json")
+    return _report(result, as_json=args.json)
 
 
-def _cmd_state(client: Client, args: argparse.Namespace) -> int:
+def _cmd_state(client: Client, args: Args) -> int:
     call = client.cancel if args.cmd == "cancel" else client.status
     status = call(args.job_id)
     if args.json:
@@ -180,7 +297,7 @@ def _cmd_state(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_list(client: Client, args: argparse.Namespace) -> int:
+def _cmd_list(client: Client, args: Args) -> int:
     jobs = client.list_jobs()
     if args.json:
         _print_json([job.model_dump(mode="json") for job in jobs])
@@ -190,94 +307,177 @@ def _cmd_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_stats(client: Client, _args: argparse.Namespace) -> int:
+def _cmd_stats(client: Client, _args: Args) -> int:
     _print_json(client.stats().model_dump(mode="json"))
     return 0
 
 
-def _cmd_ping(client: Client, args: argparse.Namespace) -> int:
-    pong = client.ping()
+def _cmd_ping(args: Args) -> int:
+    with wire.Connection(args.socket, daemon_user=args.daemon_user) as conn:
+        pong = conn.request("ping")
     if args.json:
-        _print_json(pong.model_dump(mode="json"))
+        _print_json(pong)
     else:
         print(
-            f"cuprumd {pong.version} (protocol {pong.protocol}, stream backend "
-            f"{pong.stream_backend}, pid {pong.pid}) at {client.socket_path}"
+            f"cuprumd {pong.get('version')} (protocol {pong.get('protocol')}, "
+            f"stream backend {pong.get('stream_backend')}, pid {pong.get('pid')}) "
+            f"at {conn.socket_path}"
         )
     return 0
 
 
-Command = Callable[[Client, argparse.Namespace], int]
+def _client_command(func: ClientCommand) -> Command:
+    """A command that needs the full client, imported only when it runs."""
+
+    def command(args: Args) -> int:
+        from cuprumd.client import Client, DaemonUnavailable  # noqa: PLC0415 (slow)
+
+        try:
+            with Client(args.socket, daemon_user=args.daemon_user) as client:
+                return func(client, args)
+        except DaemonUnavailable as exc:
+            raise wire.DaemonUnavailable(str(exc)) from None
+
+    return command
+
+
+#: Subcommand: help, options beyond the common ones, the command, and
+#: whether it takes a job id (``True``) or a pipeline (``None``) or nothing.
+_COMMANDS: dict[str, tuple[str, tuple[Option, ...], Command, bool | None]] = {
+    "run": ("run a pipeline on our stdin, stdout and stderr; exit with its "
+            "status", JOB_OPTIONS + RUN_OPTIONS,
+            _cmd_run, None),
+    "submit": ("start a pipeline, print its job id", JOB_OPTIONS,
+               _client_command(_cmd_submit), None),
+    "status": ("show a job's state", (), _client_command(_cmd_state), True),
+    "wait": ("wait for a submitted job and print its output",
+             ((("--timeout",), "timeout", "float", None, "give up after seconds"),),
+             _client_command(_cmd_wait), True),
+    "cancel": ("cancel a job", (), _client_command(_cmd_state), True),
+    "list": ("list known jobs", (), _client_command(_cmd_list), False),
+    "stats": ("print the daemon's counters", (), _client_command(_cmd_stats), False),
+    "ping": ("check that the daemon answers", (), _cmd_ping, False),
+}  # fmt: skip
+#: What ``_quick_args`` parses; the rest goes through argparse.
+_QUICK = ("run", "ping")
+
+
+def _initial(kind: str, dest: str) -> object:
+    return {"flag": False, "append": []}.get(kind, DEFAULTS.get(dest))
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse  # noqa: PLC0415 (its import and set-up cost more than a run)
+
+    def add(cmd: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+        for flags, dest, kind, metavar, text in options:
+            if kind == "flag":
+                cmd.add_argument(*flags, dest=dest, action="store_true", help=text)
+                continue
+            cmd.add_argument(
+                *flags,
+                dest=dest,
+                action="append" if kind == "append" else "store",
+                default=_initial(kind, dest),
+                metavar=metavar,
+                help=text,
+                type=float if kind == "float" else str,
+            )
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--socket", help="daemon socket (default: $CUPRUM_SOCKET, then discovery)"
-    )
-    common.add_argument(
-        "--daemon-user",
-        dest="daemon_user",
-        help="a user the daemon may run as, besides root and you "
-        "(default: $CUPRUM_DAEMON_USER)",
-    )
-    common.add_argument("--json", action="store_true", help="print JSON replies")
+    add(common, COMMON_OPTIONS)
     parser = argparse.ArgumentParser(
         prog="cuprumctl", description="Talk to the cuprumd daemon."
     )
     parser.add_argument("--socket", dest="global_socket", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    jobs: dict[str, tuple[str, Command]] = {
-        "run": ("run a pipeline and wait for it", _cmd_run),
-        "submit": ("start a pipeline, print its job id", _cmd_submit),
-    }
-    for name, (text, func) in jobs.items():
+    for name, (text, options, func, operand) in _COMMANDS.items():
         cmd = sub.add_parser(name, parents=[common], help=text)
-        cmd.add_argument("--timeout", type=float, help="job timeout in seconds")
-        cmd.add_argument("--env", action="append", default=[], metavar="K=V")
-        cmd.add_argument("--cwd", help="working directory of the job")
-        cmd.add_argument("--fail-fast", action="store_true", dest="fail_fast")
-        cmd.add_argument("-n", "--no-stdin", action="store_true", dest="no_stdin")
-        cmd.add_argument("--separator", default=STAGE_SEPARATOR, metavar="SEP")
-        cmd.add_argument("command", nargs=argparse.REMAINDER, metavar="-- ARGV")
+        add(cmd, options)
+        if operand is None:
+            cmd.add_argument("command", nargs=argparse.REMAINDER, metavar="-- ARGV")
+        elif operand:
+            cmd.add_argument("job_id")
         cmd.set_defaults(func=func)
-    for name, text, func in (
-        ("status", "show a job's state", _cmd_state),
-        ("wait", "wait for a submitted job and print its output", _cmd_wait),
-        ("cancel", "cancel a job", _cmd_state),
-    ):
-        cmd = sub.add_parser(name, parents=[common], help=text)
-        cmd.add_argument("job_id")
-        if name == "wait":
-            cmd.add_argument("--timeout", type=float, help="give up after seconds")
-        cmd.set_defaults(func=func)
-    for name, text, func in (
-        ("list", "list known jobs", _cmd_list),
-        ("stats", "print the daemon's counters", _cmd_stats),
-        ("ping", "check that the daemon answers", _cmd_ping),
-    ):
-        sub.add_parser(name, parents=[common], help=text).set_defaults(func=func)
     return parser
+
+
+def _quick_option(
+    words: list[str], kinds: Mapping[str, tuple[str, str]]
+) -> tuple[str, object, list[str]] | None:
+    """The option at the head of ``words``: its ``dest``, value and the
+    words after it; ``None`` where argparse should decide."""
+    flag, eq, text = words[0].partition("=")
+    dest, kind = kinds.get(flag, ("", ""))
+    if not kind or (kind == "flag" and eq):
+        return None
+    if kind == "flag":
+        return dest, True, words[1:]
+    if not eq:
+        if len(words) < 2:
+            return None
+        text, words = words[1], words[1:]
+    if text.startswith("-"):
+        return None
+    try:
+        value = float(text) if kind == "float" else text
+    except ValueError:
+        return None
+    return dest, value, words[1:]
+
+
+def _quick_args(words: Sequence[str]) -> SimpleNamespace | None:
+    """``run`` and ``ping`` command lines parsed without argparse, as
+    argparse would; ``None`` for anything else or unusual (help, an
+    abbreviation, a bad value), which argparse then parses or explains."""
+    words = list(words)
+    global_socket = None
+    if words[:1] == ["--socket"] and len(words) > 1 and words[1][:1] != "-":
+        global_socket, words = words[1], words[2:]
+    if not words or words[0] not in _QUICK:
+        return None
+    name, words = words[0], words[1:]
+    options = COMMON_OPTIONS + _COMMANDS[name][1]
+    kinds = {flag: (dest, kind) for flags, dest, kind, *_ in options for flag in flags}
+    values = {dest: _initial(kind, dest) for _flags, dest, kind, *_ in options}
+    while words and words[0].startswith("-") and words[0] != "--":
+        option = _quick_option(words, kinds)
+        if option is None:
+            return None
+        dest, value, words = option
+        current = values[dest]
+        values[dest] = [*current, value] if isinstance(current, list) else value
+    if (name == "run") != bool(words):
+        return None  # a pipeline is missing (or ping got one): argparse says so
+    args = SimpleNamespace(cmd=name, global_socket=global_socket, **values)
+    if name == "run":
+        args.command = words
+    args.func = _COMMANDS[name][2]
+    return args
+
+
+def _parse(words: Sequence[str]) -> Args:
+    args: Args | None = _quick_args(words)
+    if args is None:
+        parser = _parser()
+        args = parser.parse_args(words)
+        if args.cmd in ("run", "submit") and not args.command:
+            parser.error(f"{args.cmd}: give the pipeline after '--'")
+    args.socket = args.socket or args.global_socket
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cuprumctl`` script; returns the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.cmd in ("run", "submit") and not args.command:
-        parser.error(f"{args.cmd}: give the pipeline after '--'")
+    args = _parse(sys.argv[1:] if argv is None else argv)
     try:
-        client = Client(args.socket or args.global_socket, daemon_user=args.daemon_user)
-    except UntrustedDaemon as exc:
-        print(f"cuprumctl: {exc}", file=sys.stderr)
-        return 1
-    try:
-        with client:
-            status: int = args.func(client, args)
-            return status
+        status: int = args.func(args)
+        return status
     except _UsageError as exc:
-        parser.error(str(exc))
-    except DaemonUnavailable as exc:
+        _parser().error(str(exc))
+    except _Interrupted as exc:
+        return 128 + exc.signum  # the connection is closed: the job is cancelled
+    except wire.DaemonUnavailable as exc:
         print(f"cuprumctl: {exc} (is cuprumd running?)", file=sys.stderr)
         return EX_UNAVAILABLE
     except FrameTooLarge as exc:

@@ -7,7 +7,11 @@ into an error reply carrying its ``code``, and the CLI turns a
 
 from __future__ import annotations
 
-from typing import ClassVar
+#: ``typing.TYPE_CHECKING`` without importing typing (mypy knows the name):
+#: clients import this module on their quick paths.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 EX_CONFIG = 78
 

@@ -212,7 +212,7 @@ class _Run:
                     StageLaunch(
                         program, stage.argv, env, streams.plumbing.child_fds(i),
                         process_group=group.pgid or 0, cwd=self.job.cwd,
-                        cgroup_procs_fd=group.cgroup_procs_fd, containment=contained,
+                        cgroup_fd=group.cgroup_fd, containment=contained,
                     )
                 )  # fmt: skip
                 group.exits[i].add_done_callback(

@@ -66,25 +66,32 @@ class _Limit:
 class JobCgroup:
     """One job's cgroup.
 
-    Every stage enters it between fork and exec by writing ``"0"`` to
-    ``procs_fd``, so no stage runs a single instruction of its program
-    outside it and nothing it forks can be missed.
+    Every stage starts in it: the native spawner creates it inside (through
+    ``fd``, the directory; ``clone3`` with ``CLONE_INTO_CGROUP``), else the
+    child moves itself there before exec. So no stage runs a single
+    instruction of its program outside it and nothing it forks can be
+    missed. Creating inside matters: a move costs the kernel an RCU grace
+    period, up to milliseconds per stage on an idle machine.
+
+    A cgroup that was ever killed (``cgroup.kill``) is not recycled: some
+    kernels kill every process later created inside such a cgroup, as if
+    the old kill still applied to it.
     """
 
-    def __init__(
-        self, path: Path, procs_fd: int, pool: JobCgroups | None = None
-    ) -> None:
+    def __init__(self, path: Path, fd: int, pool: JobCgroups | None = None) -> None:
         self.path = path
-        self.procs_fd = procs_fd
+        self.fd = fd
         self._pool = pool
         # Paths kept as strings: kill and populated run once per job.
         self._kill_file = str(path / "cgroup.kill")
         self._events_file = str(path / "cgroup.events")
         self._closed = False
         self._removed = False
+        self.killed = False
 
     def kill(self) -> None:
         """SIGKILL everything in the job, ``setsid`` escapees included."""
+        self.killed = True
         _kill(self._kill_file)
 
     def populated(self) -> bool:
@@ -118,9 +125,9 @@ class JobCgroup:
     def _finish(self, *, emptied: bool) -> bool:
         if emptied and self._pool is not None and self._pool.recycle(self):
             return True
-        if self.procs_fd >= 0:
-            os.close(self.procs_fd)
-            self.procs_fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
         if emptied:
             self._removed = _remove_tree(self.path)
         if not self._removed:
@@ -272,7 +279,7 @@ class JobCgroups:
         try:
             for limit in self._limits:
                 _write(path / limit.filename, str(limit.value))
-            fd = os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             _remove_tree(path)
             raise
@@ -301,8 +308,9 @@ class JobCgroups:
         return job
 
     def recycle(self, job: JobCgroup) -> bool:
-        """Take back an emptied slot; False at shutdown (remove it then)."""
-        if self._closing:
+        """Take back an emptied slot; False at shutdown, or for a slot that
+        was killed (remove it then; see ``JobCgroup``)."""
+        if self._closing or job.killed:
             return False
         self._free.append(job)
         return True

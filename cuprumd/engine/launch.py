@@ -96,7 +96,7 @@ class StageLaunch:
     stdio: tuple[int, int, int]
     process_group: int
     cwd: str | None = None
-    cgroup_procs_fd: int | None = None
+    cgroup_fd: int | None = None
     containment: Containment = field(default_factory=Containment)
 
     def envp(self) -> list[bytes]:
@@ -134,7 +134,7 @@ class _NativeSpawn(Protocol):
         *,
         process_group: int = ...,
         cwd: bytes | None = ...,
-        cgroup_procs_fd: int | None = ...,
+        cgroup_fd: int | None = ...,
         user: tuple[int, int] | None = ...,
         landlock_ruleset_fd: int | None = ...,
         rlimits: list[tuple[int, int, int]] = ...,
@@ -152,7 +152,7 @@ def _native_launcher(spawn: _NativeSpawn) -> Launcher:
                 stage.stdio,
                 process_group=stage.process_group,
                 cwd=None if stage.cwd is None else stage.cwd.encode(),
-                cgroup_procs_fd=stage.cgroup_procs_fd,
+                cgroup_fd=stage.cgroup_fd,
                 user=stage.containment.user,
                 landlock_ruleset_fd=stage.containment.ruleset_fd,
                 rlimits=list(stage.containment.rlimits),
@@ -190,9 +190,11 @@ def _child_steps(stage: StageLaunch, parent: int, report: int) -> None:
         _reset_signals()
         step = "setpgid"
         os.setpgid(0, stage.process_group)
-        if stage.cgroup_procs_fd is not None:
+        if stage.cgroup_fd is not None:
             step = "cgroup"
-            os.write(stage.cgroup_procs_fd, b"0")
+            procs = os.open("cgroup.procs", os.O_WRONLY, dir_fd=stage.cgroup_fd)
+            os.write(procs, b"0")
+            os.close(procs)
         if containment.user is not None:
             step = "credentials"
             uid, gid = containment.user

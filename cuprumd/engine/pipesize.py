@@ -144,8 +144,8 @@ class _Refusals:
             error=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
             pipe_user_pages_soft=budget.soft_pages,
             pipe_max_size=budget.max_size,
-            message="pipes keep their current size from here on (slower, "
-            "still correct); further refusals are not logged",
+            message="a refused pipe keeps its size (slower, still correct); "
+            "later refusals are not logged",
         )
 
 

@@ -108,9 +108,9 @@ class ProcessGroup:
         self._swept = False
 
     @property
-    def cgroup_procs_fd(self) -> int | None:
-        """What each stage writes ``0`` into to join the job's cgroup."""
-        return None if self._cgroup is None else self._cgroup.procs_fd
+    def cgroup_fd(self) -> int | None:
+        """The job cgroup's directory, which each stage starts in."""
+        return None if self._cgroup is None else self._cgroup.fd
 
     # -- start -------------------------------------------------------------
 
@@ -158,12 +158,19 @@ class ProcessGroup:
         """Every started stage has exited (the leader may still be a zombie)."""
         return all(f.done() for f in self.exits)
 
-    def signal(self, sig: signal.Signals) -> None:
-        """Signal the whole job, while any part of it may still run."""
+    def signal(self, sig: signal.Signals, *, sweeping: bool = False) -> None:
+        """Signal the whole job, while any part of it may still run. The
+        final sweep kills the cgroup only if something is left in it: a
+        killed cgroup is not handed to another job (see ``JobCgroup``)."""
         if self._swept or self.pgid is None:
             return
-        if sig is signal.SIGKILL and self._cgroup is not None:
-            self._cgroup.kill()
+        cgroup = self._cgroup
+        if (
+            sig is signal.SIGKILL
+            and cgroup is not None
+            and (not sweeping or cgroup.populated())
+        ):
+            cgroup.kill()
         try:
             os.killpg(self.pgid, sig)
         except ProcessLookupError:
@@ -178,7 +185,7 @@ class ProcessGroup:
         """
         if self._swept:
             return
-        self.signal(signal.SIGKILL)
+        self.signal(signal.SIGKILL, sweeping=True)
         self._swept = True
         if self._index is not None and self.pgid is not None:
             self._index.discard((p for p in self.pids if p is not None), self.pgid)

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import select
 import sys
 import time
@@ -74,7 +75,9 @@ def fuzz_settings(examples: int) -> settings:
 # -- observing the daemon ----------------------------------------------------
 
 #: Descriptors kept per job slot once used: bounded by max_concurrent_jobs.
-SLOT_CACHE = ("cgroup.procs", "anon_inode:[landlock-ruleset]")
+SLOT_CACHE = ("anon_inode:[landlock-ruleset]",)
+#: A job slot's cgroup directory, kept open to start stages inside it.
+SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+$")
 
 
 def fd_count(pid: int) -> int:
@@ -84,7 +87,7 @@ def fd_count(pid: int) -> int:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        count += not target.endswith(SLOT_CACHE)
+        count += not (target.endswith(SLOT_CACHE) or SLOT_DIR.search(target))
     return count
 
 

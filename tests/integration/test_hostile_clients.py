@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -58,7 +59,9 @@ def rss_mib(pid: int) -> float:
 
 #: Descriptors the daemon keeps per job slot once a slot was used (the
 #: slot's cgroup and sandbox ruleset): bounded by max_concurrent_jobs.
-SLOT_CACHE = ("cgroup.procs", "anon_inode:[landlock-ruleset]")
+SLOT_CACHE = ("anon_inode:[landlock-ruleset]",)
+#: A job slot's cgroup directory, kept open to start stages inside it.
+SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+$")
 
 
 def fd_count(pid: int) -> int:
@@ -69,7 +72,7 @@ def fd_count(pid: int) -> int:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        count += not target.endswith(SLOT_CACHE)
+        count += not (target.endswith(SLOT_CACHE) or SLOT_DIR.search(target))
     return count
 
 

@@ -282,11 +282,17 @@ def _open(own_dir: Path, tag: str = "t1", **limits: int | None) -> JobCgroups:
     return cgroups
 
 
+def _join(directory: int) -> None:
+    procs = os.open("cgroup.procs", os.O_WRONLY, dir_fd=directory)
+    os.write(procs, b"0")
+    os.close(procs)
+
+
 def _start_in(job: JobCgroup, *argv: str) -> subprocess.Popen[bytes]:
-    fd = job.procs_fd
+    fd = job.fd
     return subprocess.Popen(
         argv,
-        preexec_fn=lambda: os.write(fd, b"0"),  # noqa: PLW1509
+        preexec_fn=lambda: _join(fd),  # noqa: PLW1509
         pass_fds=(fd,),
     )
 
@@ -322,7 +328,7 @@ def test_close_kills_every_stage_and_setsid_escapee_then_removes_the_cgroup(
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert all(_killed(pid) for pid in sleeps)
     assert not job.path.exists()
-    assert job.procs_fd == -1
+    assert job.fd == -1
     assert job.close()
     assert not job.populated()
     assert job.pids() == []
@@ -373,7 +379,7 @@ def test_reopening_with_the_same_tag_reaps_the_earlier_jobs_only(
     spawned += [stale_proc, kept_proc]
     _wait_for(lambda: len(stale.pids()) == 3 and len(kept.pids()) == 1)
     sleeps = [pid for pid in stale.pids() if pid != stale_proc.pid]
-    os.close(stale.procs_fd)
+    os.close(stale.fd)
 
     again = _open(own_dir, "same")
 
@@ -571,32 +577,33 @@ def test_an_unprivileged_daemon_degrades_with_a_reason(parent_cgroup: Path) -> N
 
 
 @pytest.mark.usefixtures("subreaper")
-def test_a_slot_is_recycled_only_once_empty_and_removed_at_shutdown(
+def test_a_clean_slot_is_recycled_a_killed_one_is_removed(
     own_dir: Path, spawned: list[subprocess.Popen[bytes]]
 ) -> None:
     cgroups = _open(own_dir)
-    first = cgroups.acquire()
-    proc, sleeps = _start_escapees(first, spawned)
-    fd = first.procs_fd
+    clean = cgroups.acquire()
+    fd = clean.fd
+    assert asyncio.run(clean.aclose())  # nothing was left: nothing killed
+    again = cgroups.acquire()
+    assert again is clean  # the emptied slot, its directory still open
+    assert again.fd == fd
+    assert not again.populated()
+    with pytest.raises(OSError):  # a slot cannot grow sub-cgroups to hide in
+        (again.path / "hideout").mkdir()
 
-    assert asyncio.run(first.aclose())
+    proc, sleeps = _start_escapees(again, spawned)
+    assert asyncio.run(again.aclose())
 
     assert proc.wait(timeout=5) == -signal.SIGKILL
     assert all(_killed(pid) for pid in sleeps)
-    again = cgroups.acquire()
-    assert again is first  # the emptied slot, with its cgroup.procs still open
-    assert again.procs_fd == fd
-    assert not again.populated()
+    # Killed: some kernels would kill whatever is later created inside it.
+    assert not again.path.exists()
     other = cgroups.acquire()
-    assert other.path != first.path
-    with pytest.raises(OSError):  # a slot cannot grow sub-cgroups to hide in
-        (first.path / "hideout").mkdir()
-    assert asyncio.run(again.aclose())
+    assert other is not again
     assert asyncio.run(other.aclose())
-    assert first.path.exists()
+    assert other.path.exists()
 
     assert cgroups.close()
 
-    assert not first.path.exists()
     assert not other.path.exists()
     assert not cgroups.subtree.exists()

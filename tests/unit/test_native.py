@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -73,6 +74,30 @@ def test_pump_moves_64_mib_byte_exact(native: Any) -> None:
     assert (moved, method, closed) == (len(payload), "splice", False)
     assert (progress.bytes, progress.method) == (moved, method)
     assert hashlib.sha256(sink[0]).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize("pacing", [True, False])
+def test_pacing_on_or_off_through_grown_pipes_is_byte_exact(
+    native: Any, pacing: bool
+) -> None:
+    payload = os.urandom(8 << 20)
+    up_r, up_w = os.pipe()
+    down_r, down_w = os.pipe()
+    for fd in (up_r, down_r):  # large enough for the pacer to engage
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    sink: list[bytes] = []
+    writer, reader = feed(up_w, payload), drain(down_r, sink)
+    try:
+        moved, method, _ = native.rust_pump_transfer(
+            up_r, down_w, buffer_size=1 << 20, pacing=pacing
+        )
+    finally:
+        os.close(up_r)
+        os.close(down_w)
+    writer.join()
+    reader.join()
+    assert (moved, method) == (len(payload), "splice")
+    assert sink[0] == payload
 
 
 def test_progress_counts_while_the_transfer_blocks(native: Any) -> None:

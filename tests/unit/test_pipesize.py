@@ -167,7 +167,7 @@ def test_a_refused_resize_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(pipesize._Refusals, "logged", False)
     pipes = [os.pipe() for _ in range(3)]
     try:
-        for r, w in pipes:
+        for _, w in pipes:
             os.write(w, b"x" * 65536)  # a full default pipe cannot shrink: EBUSY
         with capture_logs() as logs:
             for r, _ in pipes:

@@ -10,7 +10,7 @@ mod spawn;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::Arc;
 
-use cuprum_pump::{Progress, PumpError, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE};
+use cuprum_pump::{Pacing, Progress, PumpError, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
@@ -26,10 +26,12 @@ mod _native {
 /// "splice" or "copy". The descriptors are not closed. The GIL is released
 /// for the whole transfer. A TransferProgress given as progress is updated
 /// as bytes move, so other threads can see how far the transfer got.
+/// pacing=False turns off the pauses that batch short splices on large
+/// pipes (for measuring the two side by side).
 #[pyfunction]
 #[pyo3(
-    signature = (reader_fd, writer_fd, *, buffer_size = BufferSize::DEFAULT, progress = None),
-    text_signature = "(reader_fd, writer_fd, *, buffer_size=65536, progress=None)"
+    signature = (reader_fd, writer_fd, *, buffer_size = BufferSize::DEFAULT, progress = None, pacing = true),
+    text_signature = "(reader_fd, writer_fd, *, buffer_size=65536, progress=None, pacing=True)"
 )]
 fn rust_pump_transfer(
     py: Python<'_>,
@@ -37,13 +39,27 @@ fn rust_pump_transfer(
     writer_fd: RawFd,
     buffer_size: BufferSize,
     progress: Option<&Bound<'_, TransferProgress>>,
+    pacing: bool,
 ) -> PyResult<(u64, &'static str, bool)> {
     let reader = LentFd::new(reader_fd, "reader_fd")?;
     let writer = LentFd::new(writer_fd, "writer_fd")?;
     // Without a caller's record the pump still needs one; nobody reads it.
     let progress = progress.map_or_else(|| Arc::new(Progress::new()), |p| Arc::clone(&p.get().0));
+    let pacing = if pacing {
+        Pacing::Adaptive
+    } else {
+        Pacing::Off
+    };
     let done = py
-        .detach(|| cuprum_pump::pump(reader.borrow(), writer.borrow(), buffer_size.0, &progress))
+        .detach(|| {
+            cuprum_pump::pump_with(
+                reader.borrow(),
+                writer.borrow(),
+                buffer_size.0,
+                pacing,
+                &progress,
+            )
+        })
         .map_err(into_py_err)?;
     Ok((done.bytes, done.method.as_str(), done.downstream_closed))
 }

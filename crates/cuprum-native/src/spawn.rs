@@ -18,8 +18,9 @@ use pyo3::prelude::*;
 /// ``stdio`` are the caller's descriptors that become the child's 0, 1 and
 /// 2 (any numbers, repeats allowed); every other descriptor is closed in the
 /// child, and the caller's stay open. Before exec the child resets all signal
-/// dispositions, leads (``process_group=0``) or joins a process group, writes
-/// ``"0"`` to ``cgroup_procs_fd``, switches to ``user`` (``(uid, gid)``,
+/// dispositions, leads (``process_group=0``) or joins a process group, is
+/// in the cgroup whose directory is ``cgroup_fd`` (created there, or moved
+/// there where the kernel cannot create it inside), switches to ``user`` (``(uid, gid)``,
 /// supplementary groups dropped), sets a SIGKILL parent-death signal tied to
 /// the *calling thread*, applies ``rlimits`` (``(resource, soft, hard)``,
 /// -1 meaning ``RLIM_INFINITY``), changes directory, and restricts itself
@@ -40,14 +41,14 @@ use pyo3::prelude::*;
         *,
         process_group = 0,
         cwd = None,
-        cgroup_procs_fd = None,
+        cgroup_fd = None,
         user = None,
         landlock_ruleset_fd = None,
         rlimits = Vec::new(),
         parent_death_signal = true,
     ),
     text_signature = "(program, argv, envp, stdio, *, process_group=0, cwd=None, \
-        cgroup_procs_fd=None, user=None, landlock_ruleset_fd=None, rlimits=(), \
+        cgroup_fd=None, user=None, landlock_ruleset_fd=None, rlimits=(), \
         parent_death_signal=True)"
 )]
 #[allow(clippy::too_many_arguments)] // mirrors the Python keyword arguments
@@ -59,7 +60,7 @@ pub(crate) fn spawn_stage(
     stdio: (RawFd, RawFd, RawFd),
     process_group: i32,
     cwd: Option<Vec<u8>>,
-    cgroup_procs_fd: Option<RawFd>,
+    cgroup_fd: Option<RawFd>,
     user: Option<(u32, u32)>,
     landlock_ruleset_fd: Option<RawFd>,
     rlimits: Vec<(i32, Rlim, Rlim)>,
@@ -82,7 +83,7 @@ pub(crate) fn spawn_stage(
         stdio: [stdio.0, stdio.1, stdio.2],
         process_group,
         cwd: cwd.as_deref(),
-        cgroup_procs_fd,
+        cgroup_fd,
         credentials: user,
         landlock_ruleset_fd,
         rlimits: &rlimits,

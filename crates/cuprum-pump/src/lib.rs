@@ -20,7 +20,7 @@ mod sys;
 pub use error::PumpError;
 pub use probe::splice_works;
 pub use progress::Progress;
-pub use pump::{pump, Method, Transfer};
+pub use pump::{pump, pump_with, Method, Pacing, Transfer};
 
 /// The buffer size the Python side uses unless told otherwise: the default
 /// pipe capacity on Linux, so one call moves at most one full pipe.

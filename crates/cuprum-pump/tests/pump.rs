@@ -2,14 +2,15 @@ mod common;
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, Write};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 use cuprum_pump::{
-    pump, Method, Progress, PumpError, Transfer, DEFAULT_BUFFER_SIZE, MAX_BUFFER_SIZE,
+    pump, pump_with, Method, Pacing, Progress, PumpError, Transfer, DEFAULT_BUFFER_SIZE,
+    MAX_BUFFER_SIZE,
 };
 
 const MIB: usize = 1 << 20;
@@ -469,4 +470,40 @@ fn progress_keeps_what_moved_before_the_consumer_left() {
     assert!(transfer.downstream_closed);
     assert_eq!((transfer.bytes, progress.bytes()), (4096, 4096));
     assert_eq!(progress.method(), Some(Method::Splice));
+}
+
+/// The pacer only engages on large pipes fed in small writes: both ways
+/// through such pipes must still deliver every byte in order.
+#[test]
+fn paced_and_unpaced_transfers_through_grown_pipes_are_byte_exact() {
+    let data = random_bytes(4 * MIB + 17, 0xface);
+    for pacing in [Pacing::Adaptive, Pacing::Off] {
+        let (in_r, in_w) = pipe();
+        let (out_r, out_w) = pipe();
+        for fd in [in_r.as_fd(), out_r.as_fd()] {
+            // SAFETY: F_SETPIPE_SZ only resizes the pipe; 1 MiB is within
+            // the default pipe-max-size.
+            assert!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, MIB) } >= 0);
+        }
+        let chunks = data.clone();
+        let feeder = thread::spawn(move || {
+            let mut producer = File::from(in_w);
+            for chunk in chunks.chunks(8192) {
+                producer.write_all(chunk).unwrap();
+            }
+        });
+        let drainer = drain(out_r);
+        let transfer = pump_with(in_r.as_fd(), out_w.as_fd(), MIB, pacing, &Progress::new());
+        drop((in_r, out_w));
+        feeder.join().unwrap();
+        let transfer = transfer.unwrap();
+        assert_eq!(
+            (transfer.bytes, transfer.method),
+            (data.len() as u64, Method::Splice)
+        );
+        assert!(
+            drainer.join().unwrap() == data,
+            "{pacing:?}: payload corrupted"
+        );
+    }
 }

@@ -62,7 +62,9 @@ pub(crate) struct ChildContext<'a> {
     pub stdio: [c_int; 3],
     pub process_group: libc::pid_t,
     pub cwd: Option<*const c_char>,
-    pub cgroup_procs_fd: Option<c_int>,
+    /// A job cgroup's directory to join by writing `"0"` to its
+    /// `cgroup.procs` (when the child was not created inside it).
+    pub join_cgroup_fd: Option<c_int>,
     pub credentials: Option<(libc::uid_t, libc::gid_t)>,
     pub landlock_ruleset_fd: Option<c_int>,
     pub rlimits: &'a [(c_int, libc::rlim_t, libc::rlim_t)],
@@ -103,12 +105,26 @@ unsafe fn prepare_and_exec(ctx: &ChildContext<'_>) -> (SpawnStep, c_int) {
         return failed(SpawnStep::Setpgid);
     }
 
-    // (3) Join the job cgroup before running any of the stage's code.
-    if let Some(fd) = ctx.cgroup_procs_fd {
-        match libc::write(fd, b"0".as_ptr().cast(), 1) {
-            1 => {}
-            -1 => return failed(SpawnStep::Cgroup),
-            _ => return (SpawnStep::Cgroup, libc::EIO),
+    // (3) Join the job cgroup before running any of the stage's code (when
+    // clone3 could not create the child in it).
+    if let Some(dir) = ctx.join_cgroup_fd {
+        let procs = libc::openat(
+            dir,
+            c"cgroup.procs".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if procs < 0 {
+            return failed(SpawnStep::Cgroup);
+        }
+        let written = libc::write(procs, b"0".as_ptr().cast(), 1);
+        let outcome = match written {
+            1 => None,
+            -1 => Some(failed(SpawnStep::Cgroup)),
+            _ => Some((SpawnStep::Cgroup, libc::EIO)),
+        };
+        libc::close(procs);
+        if let Some(failure) = outcome {
+            return failure;
         }
     }
 

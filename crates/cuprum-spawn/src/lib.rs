@@ -48,9 +48,13 @@ pub struct SpawnRequest<'a> {
     pub process_group: libc::pid_t,
     /// The child's working directory; the caller's if `None`.
     pub cwd: Option<&'a CStr>,
-    /// A descriptor of a cgroup's `cgroup.procs`, open for writing: the
-    /// child writes `"0"` to it and so joins the cgroup before `execve`.
-    pub cgroup_procs_fd: Option<RawFd>,
+    /// A descriptor of a cgroup v2 directory: the child is created inside
+    /// it (`clone3` with `CLONE_INTO_CGROUP`, no migration), or, where the
+    /// kernel or architecture cannot, joins it by writing `"0"` to its
+    /// `cgroup.procs` before `execve`. Migrating costs the kernel an RCU
+    /// grace period, milliseconds when the machine was idle; creating
+    /// inside costs nothing.
+    pub cgroup_fd: Option<RawFd>,
     /// `(uid, gid)` to run as: the child drops its supplementary groups and
     /// sets all three gids, then all three uids (after joining the cgroup,
     /// which needs the caller's rights, and before the parent-death signal,
@@ -85,7 +89,7 @@ impl<'a> SpawnRequest<'a> {
             stdio,
             process_group: 0,
             cwd: None,
-            cgroup_procs_fd: None,
+            cgroup_fd: None,
             credentials: None,
             landlock_ruleset_fd: None,
             rlimits: &[],
@@ -110,6 +114,21 @@ pub struct Spawned {
 /// latter reaped before returning), typically a fraction of a millisecond.
 /// Safe to call from several threads at once.
 pub fn spawn(req: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
+    if let Some(dir) = req.cgroup_fd {
+        match spawn_with(req, Some(dir)) {
+            Err(SpawnError {
+                step: SpawnStep::Clone,
+                errno: libc::ENOSYS | libc::E2BIG | libc::EINVAL,
+            }) => {} // no clone3, or no CLONE_INTO_CGROUP: migrate instead
+            other => return other,
+        }
+    }
+    spawn_with(req, None)
+}
+
+/// Start the child created inside `into_cgroup`, or (None) joining the
+/// request's cgroup, if any, by writing.
+fn spawn_with(req: &SpawnRequest<'_>, into_cgroup: Option<RawFd>) -> Result<Spawned, SpawnError> {
     // Everything the child touches is built here, before clone.
     let argv = null_terminated(req.argv);
     let envp = null_terminated(req.envp);
@@ -121,7 +140,11 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
         stdio: req.stdio,
         process_group: req.process_group,
         cwd: req.cwd.map(CStr::as_ptr),
-        cgroup_procs_fd: req.cgroup_procs_fd,
+        join_cgroup_fd: if into_cgroup.is_some() {
+            None
+        } else {
+            req.cgroup_fd
+        },
         credentials: req.credentials,
         landlock_ruleset_fd: req.landlock_ruleset_fd,
         rlimits: req.rlimits,
@@ -132,27 +155,36 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
     };
 
     let mut pidfd: c_int = -1;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
     let cloned = {
         let _blocked = SignalsBlocked::new()?;
-        // SAFETY: the child runs child_main on its own mapped stack and
-        // reads ctx, argv, envp and the request's strings, all alive until
-        // after this call returns, which is not before the child has exec'd
-        // or exited (CLONE_VFORK). With CLONE_PIDFD the kernel stores the
-        // pidfd through the parent_tid argument.
-        let pid = unsafe {
-            libc::clone(
-                child_main,
-                stack.top(),
-                flags,
-                ptr::from_ref(&ctx).cast_mut().cast::<c_void>(),
-                ptr::from_mut(&mut pidfd),
-            )
-        };
-        if pid < 0 {
-            Err(errno())
-        } else {
-            Ok(pid)
+        let arg = ptr::from_ref(&ctx).cast_mut().cast::<c_void>();
+        match into_cgroup {
+            // SAFETY: as below; clone3 takes the same steps, the child being
+            // created inside the cgroup.
+            Some(dir) => unsafe { clone3_into(dir, &stack, arg, &mut pidfd) },
+            None => {
+                let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+                // SAFETY: the child runs child_main on its own mapped stack
+                // and reads ctx, argv, envp and the request's strings, all
+                // alive until after this call returns, which is not before
+                // the child has exec'd or exited (CLONE_VFORK). With
+                // CLONE_PIDFD the kernel stores the pidfd through the
+                // parent_tid argument.
+                let pid = unsafe {
+                    libc::clone(
+                        child_main,
+                        stack.top(),
+                        flags,
+                        arg,
+                        ptr::from_mut(&mut pidfd),
+                    )
+                };
+                if pid < 0 {
+                    Err(errno())
+                } else {
+                    Ok(pid)
+                }
+            }
         }
         // Signals are unblocked here, after the child has left the shared
         // memory.
@@ -161,7 +193,16 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
     drop(stack);
 
     let pid = cloned.map_err(|errno| SpawnError {
-        step: SpawnStep::Clone,
+        // Not a cgroup v2 directory, or one we may not create processes in.
+        step: if into_cgroup.is_some()
+            && matches!(
+                errno,
+                libc::EBADF | libc::EACCES | libc::EPERM | libc::EOPNOTSUPP
+            ) {
+            SpawnStep::Cgroup
+        } else {
+            SpawnStep::Clone
+        },
         errno,
     })?;
     // SAFETY: clone succeeded with CLONE_PIDFD, so pidfd is a new descriptor
@@ -173,6 +214,97 @@ pub fn spawn(req: &SpawnRequest<'_>) -> Result<Spawned, SpawnError> {
         return Err(failure);
     }
     Ok(Spawned { pid, pidfd })
+}
+
+/// `struct clone_args` of `clone3(2)`, up to `cgroup` (version 2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_INTO_CGROUP)`: the
+/// child starts on `stack` inside the cgroup `dir` and runs `child_main(arg)`;
+/// returns its pid once it has exec'd or exited, or the errno.
+///
+/// # Safety
+///
+/// As for `clone` with `child_main`: `arg` and everything it points to stay
+/// valid until this returns, and every signal is blocked.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_into(
+    dir: RawFd,
+    stack: &ChildStack,
+    arg: *mut c_void,
+    pidfd: &mut c_int,
+) -> Result<libc::pid_t, c_int> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD;
+    let args = CloneArgs {
+        flags: flags as u64 | CLONE_INTO_CGROUP,
+        pidfd: ptr::from_mut(pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: stack.base as u64,
+        stack_size: stack.len as u64,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    let ret: i64;
+    // The child returns from the system call on its own stack, with no
+    // frame to return to: it calls child_main straight away (which execs or
+    // exits) and never leaves this block. The parent continues after it.
+    core::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        "mov rdi, r12",
+        "and rsp, -16",
+        "call {entry}",
+        "mov edi, eax",
+        "mov eax, {exit}",
+        "syscall",
+        "ud2",
+        "2:",
+        entry = sym child_main,
+        exit = const libc::SYS_exit,
+        inlateout("rax") libc::SYS_clone3 => ret,
+        in("rdi") ptr::from_ref(&args),
+        in("rsi") std::mem::size_of::<CloneArgs>(),
+        in("r12") arg,
+        lateout("rcx") _,
+        lateout("r11") _,
+    );
+    if ret < 0 {
+        Err(-ret as c_int)
+    } else {
+        Ok(ret as libc::pid_t)
+    }
+}
+
+/// Elsewhere there is no trampoline for `clone3`: report it as missing, and
+/// the caller migrates the child instead.
+///
+/// # Safety
+///
+/// Trivially safe; `unsafe` to match the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_into(
+    _dir: RawFd,
+    _stack: &ChildStack,
+    _arg: *mut c_void,
+    _pidfd: &mut c_int,
+) -> Result<libc::pid_t, c_int> {
+    Err(libc::ENOSYS)
 }
 
 /// A NULL-terminated array of pointers to `strings`, for execve.
@@ -281,5 +413,62 @@ impl Drop for SignalsBlocked {
         // SAFETY: restores the mask saved in new; cannot fail with a valid
         // set and size.
         unsafe { set_signal_mask_saving(&self.previous, None) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn dir_fd(path: &std::path::Path) -> OwnedFd {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: c is a valid NUL-terminated path.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: a new descriptor we own.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    /// Where clone3 cannot create the child in its cgroup, the child joins
+    /// by writing "0" to the directory's cgroup.procs.
+    #[test]
+    fn without_clone3_the_child_writes_zero_to_cgroup_procs() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/tmp")
+            .join(format!("cuprum-spawn-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fd = dir_fd(&dir);
+        let program = c"/bin/true";
+        let argv = vec![CString::new("true").expect("argv")];
+        let envp: Vec<CString> = Vec::new();
+        let mut req = SpawnRequest::new(program, &argv, &envp, [0, 1, 2]);
+        req.cgroup_fd = Some(fd.as_raw_fd());
+
+        let missing = spawn_with(&req, None).expect_err("no cgroup.procs");
+        assert_eq!(
+            (missing.step, missing.errno),
+            (SpawnStep::Cgroup, libc::ENOENT)
+        );
+
+        std::fs::write(dir.join("cgroup.procs"), "").expect("procs file");
+        let child = spawn_with(&req, None).expect("spawn");
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer; the child is ours.
+        assert_eq!(
+            unsafe { libc::waitpid(child.pid, &mut status, 0) },
+            child.pid
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.procs")).expect("read"),
+            "0"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -406,31 +406,84 @@ fn without_parent_death_signal_the_child_outlives_the_spawning_thread() {
     assert_eq!(kill(&child), Exit::Signal(libc::SIGKILL));
 }
 
-#[test]
-fn the_child_writes_zero_to_the_cgroup_descriptor() {
-    let (reader, writer) = pipe();
-    let null = dev_null();
-    let program = cstring("/bin/true");
-    let argv = cstrings(&["true"]);
-    let envp = env();
-    let mut req = SpawnRequest::new(&program, &argv, &envp, [null.as_raw_fd(); 3]);
-    req.cgroup_procs_fd = Some(writer.as_raw_fd());
-    let child = spawn(&req).expect("spawn");
-    drop(writer);
-    assert_eq!(read_to_string(reader), "0");
-    assert_eq!(wait(&child), Exit::Code(0));
+/// The cgroup v2 mount, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split(' ').next() != Some("cgroup2") {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+fn open_dir(path: &Path) -> OwnedFd {
+    let c = path_cstring(path);
+    // SAFETY: c is a valid NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0, "open {}", path.display());
+    // SAFETY: fd is a new descriptor we own.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 #[test]
-fn an_unwritable_cgroup_descriptor_fails_at_cgroup() {
-    let (reader, _writer) = pipe();
+fn a_child_is_created_inside_its_cgroup_or_the_spawn_fails_at_cgroup() {
+    let program = cstring("/bin/cat");
+    let argv = cstrings(&["cat", "/proc/self/cgroup"]);
+    let envp = env();
+    let null = dev_null();
+    let name = format!("cuprum-spawn-test-{}", std::process::id());
+    match cgroup2_mount().map(|mount| mount.join(&name)) {
+        Some(dir) if std::fs::create_dir(&dir).is_ok() => {
+            let (reader, writer) = pipe();
+            let dir_fd = open_dir(&dir);
+            let mut req = SpawnRequest::new(
+                &program,
+                &argv,
+                &envp,
+                [null.as_raw_fd(), writer.as_raw_fd(), 2],
+            );
+            req.cgroup_fd = Some(dir_fd.as_raw_fd());
+            let child = spawn(&req).expect("spawn into the cgroup");
+            drop(writer);
+            let seen = read_to_string(reader);
+            assert_eq!(wait(&child), Exit::Code(0));
+            std::fs::remove_dir(&dir).expect("the cgroup is empty again");
+            assert!(
+                seen.lines()
+                    .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{name}"))),
+                "{seen}"
+            );
+        }
+        // No cgroup we may create (not root): a directory we own is no
+        // cgroup, and the child is never started outside one.
+        _ => {
+            let dir = scratch_dir("not-a-cgroup");
+            let dir_fd = open_dir(&dir);
+            let mut req = SpawnRequest::new(&program, &argv, &envp, [0, 1, 2]);
+            req.cgroup_fd = Some(dir_fd.as_raw_fd());
+            assert_eq!(spawn_err(&req).step, SpawnStep::Cgroup);
+        }
+    }
+}
+
+#[test]
+fn a_directory_that_is_no_cgroup_fails_at_cgroup() {
+    let dir = scratch_dir("plain-dir");
+    let dir_fd = open_dir(&dir);
     let program = cstring("/bin/true");
     let argv = cstrings(&["true"]);
     let envp = env();
     let mut req = SpawnRequest::new(&program, &argv, &envp, [0, 1, 2]);
-    req.cgroup_procs_fd = Some(reader.as_raw_fd());
+    req.cgroup_fd = Some(dir_fd.as_raw_fd());
     let err = spawn_err(&req);
-    assert_eq!((err.step, err.errno), (SpawnStep::Cgroup, libc::EBADF));
+    assert_eq!(err.step, SpawnStep::Cgroup);
     assert!(err.to_string().starts_with("cannot join the job cgroup: "));
 }
 
