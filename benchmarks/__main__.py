@@ -28,7 +28,7 @@ from benchmarks import throughput
 from benchmarks.report import svg_bars, table
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("throughput", "pacing", "daemon", "load", "cli")
+GROUPS = ("throughput", "pacing", "daemon", "load", "cli", "journal")
 #: What the unprivileged pass repeats: the tables the pipe budget can change.
 UNPRIVILEGED_GROUPS = ("throughput", "daemon")
 
@@ -128,6 +128,10 @@ def run_groups(
         from benchmarks import cli
 
         results["cli"] = cli.run_all(quick=quick)
+    if "journal" in groups:
+        from benchmarks import journal
+
+        results["journal"] = journal.run_all(quick=quick)
     return results
 
 

@@ -343,9 +343,37 @@ class Client:
         """Stop a job; the state returned is final unless it is slow to die."""
         return JobStatus.model_validate(self.request("cancel", job_id=job_id))
 
-    def list_jobs(self) -> list[JobSummary]:
-        """Jobs queued, running, or finished and not yet fetched."""
-        return JobList.model_validate(self.request("list")).jobs
+    def list_jobs(self, **filters: Any) -> list[JobSummary]:
+        """Jobs the daemon knows (with a ``state_dir``, its history): one
+        page; ``filters`` are the ``list`` fields (``states``, ``uid``,
+        ``since``, ``until``, ``limit``, ``cursor``)."""
+        return self.list_page(**filters).jobs
+
+    def list_page(self, **filters: Any) -> JobList:
+        """As ``list_jobs``, with the cursor of the next page."""
+        return JobList.model_validate(self.request("list", **filters))
+
+    def follow(
+        self, job_id: str, *, live: bool = True
+    ) -> Iterator[OutputEvent | JobStatus]:
+        """A job's output from the daemon's spool as it is written (or, not
+        ``live``, what is stored now), then its status once it ended."""
+        sock = self._connect()
+        assert self._file is not None
+        request_id = next(self._ids)
+        try:
+            sock.sendall(encode_request(request_id, "follow", job_id=job_id, live=live))
+            while True:
+                line = self._file.readline()
+                event = _event(line)
+                if event is None:
+                    yield JobStatus.model_validate(_result(line, request_id))
+                    return
+                yield event
+        except OSError as exc:
+            raise ClientError(f"following the job failed: {exc}") from None
+        finally:
+            self.close()
 
     def stats(self) -> StatsResult:
         """Counters since the daemon started."""
@@ -539,9 +567,13 @@ class AsyncClient:
         """Stop a job; the state returned is final unless it is slow to die."""
         return JobStatus.model_validate(await self.request("cancel", job_id=job_id))
 
-    async def list_jobs(self) -> list[JobSummary]:
-        """Jobs queued, running, or finished and not yet fetched."""
-        return JobList.model_validate(await self.request("list")).jobs
+    async def list_jobs(self, **filters: Any) -> list[JobSummary]:
+        """As ``Client.list_jobs``."""
+        return (await self.list_page(**filters)).jobs
+
+    async def list_page(self, **filters: Any) -> JobList:
+        """As ``Client.list_page``."""
+        return JobList.model_validate(await self.request("list", **filters))
 
     async def stats(self) -> StatsResult:
         """Counters since the daemon started."""

@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import sys
+import time
 from types import SimpleNamespace
 
 from cuprumd import wire
@@ -82,7 +83,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
      "send stdin inside the request and print the output the result "
      "carries, instead of handing the job our descriptors"),
 )  # fmt: skip
-DEFAULTS = {"separator": STAGE_SEPARATOR}
+DEFAULTS = {"separator": STAGE_SEPARATOR, "limit": "100", "encoding": "utf-8"}
 
 
 def split_stages(
@@ -298,13 +299,41 @@ def _cmd_state(client: Client, args: Args) -> int:
 
 
 def _cmd_list(client: Client, args: Args) -> int:
-    jobs = client.list_jobs()
+    filters: dict[str, Any] = {"states": args.states or None, "limit": args.limit}
+    if args.uid is not None:
+        filters["uid"] = int(args.uid)
+    if args.since is not None:
+        filters["since"] = time.time() - args.since
+    filters["limit"] = int(args.limit)
+    page = client.list_page(**filters, cursor=args.cursor)
     if args.json:
-        _print_json([job.model_dump(mode="json") for job in jobs])
-    else:
-        for job in jobs:
-            print(f"{job.job_id}  {job.state:<9}  {' | '.join(job.argv0s)}")
+        _print_json(page.model_dump(mode="json"))
+        return 0
+    for job in page.jobs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.accepted_at or 0))
+        print(f"{job.job_id}  {when}  {job.state:<9}  {' | '.join(job.argv0s)}")
+    if page.cursor is not None:
+        print(f"cuprumctl: more with --cursor {page.cursor}", file=sys.stderr)
     return 0
+
+
+def _cmd_follow(client: Client, args: Args) -> int:
+    """``follow`` / ``logs``: a job's output to our stdout and stderr, as
+    it was written; the exit status says how the job ended."""
+    from cuprumd.protocol import OutputEvent  # noqa: PLC0415 (slow)
+
+    outs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    status = None
+    for item in client.follow(args.job_id, live=args.cmd == "follow"):
+        if isinstance(item, OutputEvent):
+            out = outs["stdout" if item.stream == "stdout" else "stderr"]
+            out.write(_decode(item.data, args.encoding))
+            out.flush()
+        else:
+            status = item
+    if status is None or not status.state.finished:
+        return 0  # logs of a job still running: what there is so far
+    return _FIXED_STATUS.get(str(status.state), 1)
 
 
 def _cmd_stats(client: Client, _args: Args) -> int:
@@ -341,6 +370,17 @@ def _client_command(func: ClientCommand) -> Command:
     return command
 
 
+LIST_OPTIONS: tuple[Option, ...] = (
+    (("--state",), "states", "append", "STATE", "only jobs in STATE (repeatable)"),
+    (("--uid",), "uid", "str", "UID", "only jobs of UID (root and the daemon user)"),
+    (("--since",), "since", "float", "SECONDS", "only jobs of the last SECONDS"),
+    (("--limit",), "limit", "str", "N", "at most N jobs (default 100)"),
+    (("--cursor",), "cursor", "str", "CURSOR", "the next page, as printed"),
+)
+FOLLOW_OPTIONS: tuple[Option, ...] = (
+    (("--encoding",), "encoding", "str", "ENC", "the job's output_encoding"),
+)
+
 #: Subcommand: help, options beyond the common ones, the command, and
 #: whether it takes a job id (``True``) or a pipeline (``None``) or nothing.
 _COMMANDS: dict[str, tuple[str, tuple[Option, ...], Command, bool | None]] = {
@@ -354,7 +394,12 @@ _COMMANDS: dict[str, tuple[str, tuple[Option, ...], Command, bool | None]] = {
              ((("--timeout",), "timeout", "float", None, "give up after seconds"),),
              _client_command(_cmd_wait), True),
     "cancel": ("cancel a job", (), _client_command(_cmd_state), True),
-    "list": ("list known jobs", (), _client_command(_cmd_list), False),
+    "list": ("list jobs: current ones, and the history kept in state_dir",
+             LIST_OPTIONS, _client_command(_cmd_list), False),
+    "follow": ("print a job's output as it is written, until it ends",
+               FOLLOW_OPTIONS, _client_command(_cmd_follow), True),
+    "logs": ("print the output a job has written so far", FOLLOW_OPTIONS,
+             _client_command(_cmd_follow), True),
     "stats": ("print the daemon's counters", (), _client_command(_cmd_stats), False),
     "ping": ("check that the daemon answers", (), _cmd_ping, False),
 }  # fmt: skip

@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from cuprumd.backend import NATIVE_MODULE, StreamBackend, decide_stream_backend
 from cuprumd.containment import Guard, prepare_guard
 from cuprumd.engine.limits import raise_fd_limit
 from cuprumd.errors import ConfigError, StartupError
+from cuprumd.history import History, open_history
 from cuprumd.jobs import Job, JobRegistry, Limits
 from cuprumd.listener import Listener, open_listener
 from cuprumd.logging import configure_logging, get_logger
@@ -110,6 +112,7 @@ class _JobRunner:
             passed=passed,
             streamer=job.streamer,
             stdin_chunks=job.stdin_chunks,
+            spool=job.spool,
         )
 
 
@@ -218,11 +221,13 @@ async def _serve(  # noqa: PLR0917 - the start-up's results, in its order
     # proves no other live daemon owns them.
     guard.open_cgroups(settings, str(settings.socket_path))
     runner = _JobRunner(settings, backend, guard)
+    history = _open_history(settings)
     registry = JobRegistry(
         Limits.from_settings(settings),
         runner,
         backend=str(backend),
         daemon_uid=os.getuid(),
+        history=history,
     )
     server = Server(settings, str(backend), allowlist, registry, guard)
     watchdog: asyncio.Task[None] | None = None
@@ -250,6 +255,8 @@ async def _serve(  # noqa: PLR0917 - the start-up's results, in its order
         )
         await server.close_connections()
     finally:
+        if history is not None:
+            history.close()
         if watchdog is not None:
             watchdog.cancel()
         server.stop_accepting()
@@ -257,6 +264,30 @@ async def _serve(  # noqa: PLR0917 - the start-up's results, in its order
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     _log.info("daemon.stopped")
+
+
+def _open_history(settings: Settings) -> History | None:
+    """The journal and spool in ``state_dir``; none without one.
+
+    Raises
+    ------
+    StartupError
+        When not even a fresh journal can be made there.
+    """
+    if settings.state_dir is None:
+        _log.info("journal.disabled", reason="no state_dir: results are kept in memory")
+        return None
+    try:
+        history, _report = open_history(
+            settings.state_dir,
+            journal_env=settings.journal_env,
+            retention_seconds=settings.result_retention_seconds,
+            max_bytes=settings.max_state_bytes,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        msg = f"state_dir {str(settings.state_dir)!r}: cannot keep a journal: {exc}"
+        raise StartupError(msg) from None
+    return history
 
 
 def _executables(allowlist: Allowlist) -> list[str]:

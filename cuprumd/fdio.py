@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 __all__ = [
     "Capture",
@@ -33,6 +34,12 @@ def close_quietly(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+class Sink(Protocol):
+    """Where kept output goes instead of memory (a spool file)."""
+
+    def write(self, data: memoryview) -> None: ...
 
 
 class OutputBudget:
@@ -60,11 +67,18 @@ class Capture:
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, fd: int, budget: OutputBudget
+        self,
+        loop: asyncio.AbstractEventLoop,
+        fd: int,
+        budget: OutputBudget,
+        sink: Sink | None = None,
     ) -> None:
         self._loop = loop
         self._fd = fd
         self._budget = budget
+        #: A spool file the kept bytes go to instead of memory.
+        self._sink = sink
+        self.kept = 0
         self.data = bytearray()
         self.truncated = False
         self.cut = False
@@ -89,14 +103,26 @@ class Capture:
                 self.abort()
                 return
             granted = self._budget.take(len(chunk))
-            self.data += chunk[:granted]
+            try:
+                self._keep(memoryview(chunk)[:granted])
+            except OSError:  # the spool's disk is full: what is kept is cut
+                self.truncated = self.cut = True
+                self.abort()
+                return
             if granted < len(chunk):
                 self.truncated = self.cut = True
                 self.abort()
                 return
 
+    def _keep(self, kept: memoryview) -> None:
+        self.kept += len(kept)
+        if self._sink is None:
+            self.data += kept
+        else:
+            self._sink.write(kept)
+
     def contents(self) -> tuple[bytes, bool]:
-        """What was kept, and whether anything was dropped."""
+        """What was kept in memory, and whether anything was dropped."""
         return bytes(self.data), self.truncated
 
     def abort(self) -> None:

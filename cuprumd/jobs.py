@@ -10,6 +10,7 @@ spawning anything.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections import Counter, OrderedDict, deque
@@ -22,14 +23,20 @@ from cuprumd.engine.streams import OutputStreamer
 from cuprumd.errors import Busy, NotFound, WaitTimeout
 from cuprumd.fdio import ChunkQueue
 from cuprumd.frames import Lease
+from cuprumd.history import History, lost_result, spec_of
+from cuprumd.journal import JournalRecord
 from cuprumd.logging import get_logger
 from cuprumd.models import JobResult, JobSpec, JobState, PumpName
 from cuprumd.outcome import Facts, build_result, now_iso
 from cuprumd.peers import Peer
+from cuprumd.protocol import JobSummary
+from cuprumd.protocol import ListRequest as Listing
+from cuprumd.spool import JobFiles, Spool
 
 __all__ = ["Job", "JobRegistry", "Limits", "Runner", "unstarted_result"]
 
 _log = get_logger("cuprumd.jobs")
+_JOB_ID = re.compile(r"[0-9a-f]{16}")
 _END_STATES = [state for state in JobState if state.finished]
 _PUMPS: tuple[str, ...] = get_args(PumpName)
 
@@ -109,6 +116,9 @@ class Job:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     finished_at: float = 0.0
+    #: Admission order and wall-clock time, for ``list``.
+    seq: int = 0
+    accepted_at: float = field(default_factory=time.time)
     #: Bytes of ``max_retained_bytes`` held for this job's result until it
     #: ends (then its real output size is counted instead).
     reserved: int = 0
@@ -121,6 +131,11 @@ class Job:
     #: the input comes from.
     streamer: OutputStreamer | None = None
     stdin_chunks: ChunkQueue | None = None
+    #: Its spool files while it runs (with a ``state_dir``).
+    spool: JobFiles | None = None
+    #: For a job known only from the journal (an earlier daemon's, or one
+    #: whose result lives on disk): its record.
+    record: JournalRecord | None = None
 
 
 Runner = Callable[[Job], Awaitable[JobResult]]
@@ -198,8 +213,10 @@ class JobRegistry:
         backend: str,
         daemon_uid: int,
         clock: Callable[[], float] = time.monotonic,
+        history: History | None = None,
     ) -> None:
         self._limits = limits
+        self._history = history
         self._runner = runner
         self._backend = backend
         self._daemon_uid = daemon_uid
@@ -214,6 +231,7 @@ class JobRegistry:
         self._running_by_uid: Counter[int] = Counter()
         self._queued_by_uid: Counter[int] = Counter()
         self._closing = False
+        self._seq = 0
         self._tally = Tally()
         self._tallies: dict[int, Tally] = {}
 
@@ -253,13 +271,21 @@ class JobRegistry:
         )
         if not startable:
             self._check_queue(uid)
-        reserve = self._reserve(captures=captures) if detached else 0
+        # With a state_dir, results live on disk, bounded by max_state_bytes.
+        keeps = detached and self._history is None
+        reserve = self._reserve(captures=captures) if keeps else 0
         job = Job(secrets.token_hex(8), spec, executables, peer, detached)
         job.reserved = reserve
-        if detached:
+        self._seq += 1
+        job.seq = self._seq
+        if keeps:
             self._detached_open += 1
             self._reserved_bytes += reserve
         self._jobs[job.job_id] = job
+        if self._history is not None:
+            self._history.accepted(
+                job.job_id, spec, peer.uid, peer.gid, detached=detached
+            )
         for tally in self._tallies_of(uid):
             tally.accepted += 1
         _log.info(
@@ -327,12 +353,23 @@ class JobRegistry:
     async def _run(self, job: Job) -> None:
         result: JobResult | None = None
         try:
-            result = await self._runner(job)
+            if self._history is not None:
+                try:
+                    job.spool = self._history.started(job.job_id, len(job.spec.stages))
+                except OSError as exc:
+                    message = f"cannot keep the job's output in state_dir: {exc}"
+                    result = unstarted_result(
+                        job, JobState.ERROR, message, self._backend
+                    )
+            if result is None:
+                result = await self._runner(job)
         except Exception as exc:  # a runner fault costs this job, not the daemon
             _log.exception("job.crashed", job_id=job.job_id)
             message = f"internal error while running the job ({type(exc).__name__})"
             result = unstarted_result(job, JobState.ERROR, message, self._backend)
         finally:
+            if job.spool is not None:
+                job.spool.close()
             if result is None:  # the task itself was cancelled
                 message = "the daemon stopped"
                 result = unstarted_result(
@@ -376,7 +413,19 @@ class JobRegistry:
             tally.ended[str(result.state)] += 1
             for transfer in result.transfers:
                 tally.bytes_by_pump[transfer.pump] += transfer.bytes
-        if job.detached:
+        if self._history is not None:
+            for gone in self._history.finished(job.job_id, result):
+                _log.info("job.expired", job_id=gone)
+                expired = self._jobs.get(gone)
+                if expired is not None and expired.done.is_set():
+                    self.forget(expired)
+            if job.detached and job.job_id in self._jobs:
+                # Its result lives on disk; the metadata stays at hand (a
+                # bounded number of jobs) so fetching it costs no query.
+                self._retained[job.job_id] = job
+                while len(self._retained) > self._limits.max_retained_jobs:
+                    self.forget(next(iter(self._retained.values())))
+        elif job.detached:
             self._detached_open -= 1
             self._reserved_bytes -= job.reserved
             job.reserved = 0
@@ -398,15 +447,127 @@ class JobRegistry:
         """
         self._purge()
         job = self._jobs.get(job_id)
+        if job is None and self._history is not None and _JOB_ID.fullmatch(job_id):
+            job = self._from_journal(job_id)
         if job is None or not self._visible(job, peer):
             msg = f"no job {job_id!r} (never existed, finished and fetched, or expired)"
             raise NotFound(msg)
+        if job.record is not None and job.record.expired:
+            msg = (
+                f"job {job_id!r} expired: its result passed "
+                "result_retention_seconds or was dropped for max_state_bytes"
+            )
+            raise NotFound(msg)
         return job
+
+    def _from_journal(self, job_id: str) -> Job | None:
+        """A job known only from the journal, finished by definition (the
+        journal's running jobs are in memory, or were lost)."""
+        assert self._history is not None
+        record = self._history.record(job_id)
+        if record is None:
+            return None
+        job = Job(
+            job_id,
+            spec_of(record),
+            (),
+            Peer(0, record.uid, record.gid),
+            record.detached,
+            state=JobState(record.state),
+        )
+        job.record = record
+        job.done.set()
+        return job
+
+    def result_for(self, job: Job) -> JobResult:
+        """A finished job's whole result, its output read back from the
+        spool when it has one."""
+        history = self._history
+        if job.record is not None:
+            assert history is not None
+            stored = history.result_of(job.record)
+            return lost_result(job.record) if stored is None else stored
+        assert job.result is not None
+        if history is None or job.spool is None:
+            return job.result
+        return history.full_result(job.job_id, job.result)
+
+    @property
+    def spool(self) -> Spool | None:
+        """Where jobs' output is kept on disk, if anywhere."""
+        return None if self._history is None else self._history.spool
+
+    async def durable(self) -> None:
+        """Return once every job admitted so far is in the journal."""
+        if self._history is not None:
+            await self._history.durable()
 
     def jobs(self, peer: Peer) -> list[Job]:
         """Every job ``peer`` may see, oldest first."""
         self._purge()
         return [job for job in self._jobs.values() if self._visible(job, peer)]
+
+    def listing(
+        self, peer: Peer, query: Listing
+    ) -> tuple[list[JobSummary], str | None]:
+        """One page of the jobs ``peer`` may see, and the next page's cursor.
+
+        With a journal this is its history (which has every job, current
+        ones too); without, the jobs in memory.
+        """
+        self._purge()
+        uid = query.uid
+        if peer.uid not in (0, self._daemon_uid):
+            if uid is not None and uid != peer.uid:
+                return [], None
+            uid = peer.uid
+        states = None if query.states is None else {str(s) for s in query.states}
+        after = int(query.cursor) if query.cursor else 0
+        if self._history is not None:
+            records = self._history.journal.history(
+                uid=uid,
+                states=states or None,
+                since=query.since,
+                until=query.until,
+                limit=query.limit + 1,
+                after_seq=after,
+            )
+            page = [r for r in records if not r.expired]
+            rows = [
+                JobSummary(
+                    job_id=r.job_id,
+                    state=JobState(r.state),
+                    argv0s=list(r.argv0s),
+                    uid=r.uid,
+                    accepted_at=r.accepted_at,
+                    finished_at=r.finished_at,
+                )
+                for r in page[: query.limit]
+            ]
+            more = len(records) > query.limit
+            return rows, str(records[query.limit - 1].seq) if more else None
+        found = [
+            job
+            for job in self._jobs.values()
+            if job.seq > after
+            and (uid is None or job.peer.uid == uid)
+            and (states is None or str(job.state) in states)
+            and (query.since is None or job.accepted_at >= query.since)
+            and (query.until is None or job.accepted_at < query.until)
+        ]
+        rows = [
+            JobSummary(
+                job_id=job.job_id,
+                state=job.state,
+                argv0s=job.spec.argv0s,
+                uid=job.peer.uid,
+                accepted_at=job.accepted_at,
+                finished_at=None,
+            )
+            for job in found[: query.limit]
+        ]
+        more = len(found) > query.limit
+        return rows, str(found[query.limit - 1].seq) if more else None
 
     def _visible(self, job: Job, peer: Peer) -> bool:
         return peer.uid in (job.peer.uid, 0, self._daemon_uid)
@@ -426,14 +587,16 @@ class JobRegistry:
             except TimeoutError:
                 msg = f"job {job.job_id} is still {job.state} after {timeout} s"
                 raise WaitTimeout(msg) from None
-        assert job.result is not None
-        if job.detached:
+        result = self.result_for(job)
+        if job.detached and self._history is None:
             self.forget(job)
-        return job.result
+        return result
 
     def cancel(self, job: Job) -> None:
         """Ask the job to stop; a queued job ends at once, a running one once
         its processes are gone."""
+        if job.record is not None:
+            return  # finished before this daemon knew of it
         if job.state is JobState.QUEUED:
             self._dequeue(job)
             message = "cancelled before it started"
@@ -444,11 +607,13 @@ class JobRegistry:
             job.cancel.set()
 
     def forget(self, job: Job) -> None:
-        """Drop a job whose result was delivered."""
+        """Drop a job whose result was delivered (or, with a journal, one
+        whose result can be read back from disk)."""
         self._jobs.pop(job.job_id, None)
         if self._retained.pop(job.job_id, None) is not None:
             assert job.result is not None
-            self._retained_bytes -= job.result.output_bytes
+            if self._history is None:
+                self._retained_bytes -= job.result.output_bytes
 
     def _purge(self) -> None:
         """Expire unfetched results; finish order is expiry order."""

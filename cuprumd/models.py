@@ -37,7 +37,9 @@ PumpName = Literal["python", "rust-splice", "rust-copy"]
 
 
 class JobState(enum.StrEnum):
-    """Where a job is in its life; the last five are end states."""
+    """Where a job is in its life; all but the first two are end states.
+    ``lost``: the daemon stopped (crashed, was killed) while the job was
+    queued or running; its processes died with the daemon's cgroup."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -46,6 +48,7 @@ class JobState(enum.StrEnum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     ERROR = "error"
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:

@@ -122,6 +122,8 @@ class Facts:
     output_cut: Sequence[bool] = ()
     passed: Sequence[str] = ()
     streamed: bool = False
+    #: Output kept in spool files rather than in ``stdout``/``stderrs``.
+    spooled_bytes: int | None = None
 
 
 def build_result(facts: Facts) -> JobResult:
@@ -176,5 +178,26 @@ def build_result(facts: Facts) -> JobResult:
         passed=list(facts.passed),
         streamed=facts.streamed,
     )
-    result._output_bytes = len(facts.stdout[0]) + sum(len(e) for e, _ in facts.stderrs)
+    if facts.spooled_bytes is not None:
+        result._output_bytes = facts.spooled_bytes
+    else:
+        kept = len(facts.stdout[0]) + sum(len(e) for e, _ in facts.stderrs)
+        result._output_bytes = kept
     return result
+
+
+def with_output(
+    result: JobResult, stdout: bytes, stderrs: Sequence[bytes]
+) -> JobResult:
+    """A result whose output was spooled, with that output put back in (as
+    the job asked for it encoded)."""
+    encoding = result.output_encoding
+    stages = [
+        stage.model_copy(update={"stderr": encode(err, encoding)})
+        for stage, err in zip(result.stages, stderrs, strict=False)
+    ]
+    full = result.model_copy(
+        update={"stdout": encode(stdout, encoding), "stages": stages}
+    )
+    full._output_bytes = len(stdout) + sum(len(e) for e in stderrs)
+    return full

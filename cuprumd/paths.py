@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["SOCKET_NAME", "default_socket_path"]
+__all__ = ["SOCKET_NAME", "default_socket_path", "default_state_dir"]
 
 SOCKET_NAME = "cuprumd.sock"
 
@@ -31,3 +31,11 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     if xdg:
         return Path(xdg) / "cuprumd" / SOCKET_NAME
     return Path(f"/tmp/cuprumd-{os.getuid()}") / SOCKET_NAME
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """systemd's ``StateDirectory=`` (the first listed), or none: without a
+    state directory the daemon keeps nothing across restarts."""
+    env = os.environ if environ is None else environ
+    state = env.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else None

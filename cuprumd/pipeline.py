@@ -38,6 +38,7 @@ from cuprumd.engine.streams import OutputStreamer, Streams
 from cuprumd.fdio import ChunkQueue
 from cuprumd.models import JobResult, JobSpec, JobState
 from cuprumd.outcome import Facts, build_result, now_iso
+from cuprumd.spool import JobFiles
 
 __all__ = ["RunOptions", "execute", "run_pipeline"]
 
@@ -126,6 +127,7 @@ class _Run:
         self.passed_names = frozenset(passed)
         self.streamer: OutputStreamer | None = None
         self.stdin_chunks: ChunkQueue | None = None
+        self.spool: JobFiles | None = None
         self.options = options
         self.backend = backend
         self.job_id = job_id
@@ -171,7 +173,7 @@ class _Run:
             self.loop, links, self.backend,
             max_output_bytes=options.max_output_bytes,
             buffer_size=options.pump_buffer_size, job_id=self.job_id,
-            streamer=self.streamer,
+            streamer=self.streamer, spool=self.spool,
         )  # fmt: skip
         try:
             cgroup = None if options.cgroups is None else options.cgroups.acquire()
@@ -330,7 +332,9 @@ class _Run:
         stderrs: list[tuple[bytes, bool]] = [(b"", False)] * count
         transfers = []
         cut: list[bool] = []
+        spooled = None if self.spool is None else 0
         if self.streams is not None:
+            spooled = self.streams.spooled_bytes()
             stdout, stderrs = self.streams.contents()
             transfers = self.streams.outcomes(self._pump_failed)
             cut = self.streams.cut_stages()
@@ -353,6 +357,7 @@ class _Run:
                 output_cut=cut,
                 passed=[n for n in STREAM_NAMES if n in self.passed_names],
                 streamed=self.streamer is not None,
+                spooled_bytes=spooled,
             )
         )
 
@@ -376,6 +381,7 @@ async def execute(
     passed: Mapping[StreamName, int] | None = None,
     streamer: OutputStreamer | None = None,
     stdin_chunks: ChunkQueue | None = None,
+    spool: JobFiles | None = None,
 ) -> JobResult:
     """Run ``job`` to its end and describe how it ended.
 
@@ -393,7 +399,7 @@ async def execute(
         backend = resolve_stream_backend(backend)
     started, t0 = now_iso(), time.monotonic()
     run = _Run(job, options, backend, job_id, executables, passed=passed or {})
-    run.streamer, run.stdin_chunks = streamer, stdin_chunks
+    run.streamer, run.stdin_chunks, run.spool = streamer, stdin_chunks, spool
     run.spawn()
     await run.wait(cancel)
     return run.result(started, t0)

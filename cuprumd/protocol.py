@@ -12,7 +12,14 @@ import json
 import re
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cuprumd.engine.passed import StreamName
 from cuprumd.errors import (
@@ -28,6 +35,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REQUEST_TYPES",
     "CancelRequest",
+    "FollowRequest",
     "JobList",
     "JobRef",
     "JobStatus",
@@ -158,9 +166,43 @@ class CancelRequest(_Request):
 
 
 class ListRequest(_Request):
-    """The jobs the daemon knows about."""
+    """Jobs the asker may see, oldest first: current ones and, with a
+    ``state_dir``, the history since the journal began. ``uid`` filters by
+    owner (others' jobs are visible only to root and the daemon's user);
+    ``since``/``until`` by admission time (Unix seconds); ``cursor`` is the
+    ``cursor`` of the previous page."""
 
     op: Literal["list"]
+    states: list[JobState] | None = None
+    uid: int | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, pattern=r"^[0-9]{1,18}$")
+
+    @field_validator("states", mode="before")
+    @classmethod
+    def _state_names(cls, value: object) -> object:
+        """States by name: strict mode takes no string for an enum."""
+        if isinstance(value, list):
+            known = {str(state): state for state in JobState}
+            names = ", ".join(known)
+            try:
+                return [known[v] if isinstance(v, str) else v for v in value]
+            except KeyError as exc:
+                msg = f"unknown state {exc.args[0]!r}; known: {names}"
+                raise ValueError(msg) from None
+        return value
+
+
+class FollowRequest(_Request):
+    """A job's output as it is written, from the spool (``state_dir``):
+    ``output`` events, then the job's status once it has ended. ``live``
+    false: only what is stored now (``cuprumctl logs``)."""
+
+    op: Literal["follow"]
+    job_id: str
+    live: bool = True
 
 
 class StatsRequest(_Request):
@@ -179,6 +221,7 @@ Request = (
     | ListRequest
     | StatsRequest
     | StdinRequest
+    | FollowRequest
 )
 
 #: Each op's name comes from its model's ``op`` literal, so the union, this
@@ -231,12 +274,16 @@ class JobSummary(JobStatus):
     """One line of ``list``."""
 
     argv0s: list[str]
+    uid: int | None = None
+    accepted_at: float | None = None
+    finished_at: float | None = None
 
 
 class JobList(_Result):
-    """``list``: every job still known (queued, running, not yet fetched)."""
+    """``list``: one page of jobs; ``cursor`` fetches the next, if any."""
 
     jobs: list[JobSummary]
+    cursor: str | None = None
 
 
 class StatsResult(_Result):

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import codecs
+import contextlib
 import errno
 import os
 import select
@@ -20,6 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, assert_never
 
 from pydantic import BaseModel
@@ -50,10 +52,10 @@ from cuprumd.protocol import (
     FEATURES,
     PROTOCOL_VERSION,
     CancelRequest,
+    FollowRequest,
     JobList,
     JobRef,
     JobStatus,
-    JobSummary,
     ListRequest,
     PingRequest,
     PingResult,
@@ -167,6 +169,53 @@ def _decode_stdin(data: str, encoding: str) -> bytes:
     except UnicodeEncodeError as exc:
         msg = f"stdin chunk is not valid Unicode text ({exc.reason})"
         raise ValueError(msg) from None
+
+
+#: How often ``follow`` looks for more output while the job is quiet.
+FOLLOW_POLL_SECONDS = 0.1
+
+
+async def _until(event: asyncio.Event, timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
+
+
+class _Tail:
+    """One spool file followed from where it was last read."""
+
+    def __init__(
+        self, path: Path, stream: str, stage: int, sender: _EventSender
+    ) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._deliver = sender.deliver_for(stream, stage)
+
+    async def pump(self) -> bool:
+        """Send what was added since the last call; whether there was any."""
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False  # the job has not started yet
+        sent = False
+        while chunk := os.read(self._fd, FOLLOW_CHUNK):
+            await self._deliver(chunk)
+            sent = True
+        return sent
+
+    async def finish(self) -> None:
+        """The stream is complete: flush a character cut at its end."""
+        await self._deliver(None)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+#: Bytes per ``output`` event that ``follow`` sends.
+FOLLOW_CHUNK = 256 << 10
 
 
 class _EventSender:
@@ -427,7 +476,7 @@ class Server:
             case RunRequest():
                 return await self._run(conn, request, frame)
             case SubmitRequest():
-                return self._submit(conn, request, frame)
+                return await self._submit(conn, request, frame)
             case StatusRequest():
                 return self._status(conn, request)
             case WaitRequest():
@@ -435,9 +484,11 @@ class Server:
             case CancelRequest():
                 return await self._cancel(conn, request)
             case ListRequest():
-                return self._list(conn)
+                return self._list(conn, request)
             case StatsRequest():
                 return self._stats(conn)
+            case FollowRequest():
+                return await self._follow(conn, request)
             case StdinRequest():
                 msg = (
                     "stdin is taken only while a run with stdin_stream reads "
@@ -557,7 +608,7 @@ class Server:
                 return None
             if sender is not None and sender.failed:
                 return None  # the client stopped reading its events
-            return job.result
+            return self._registry.result_for(job)
         finally:
             if feed is not None and not feed.done():
                 feed.cancel()
@@ -611,8 +662,11 @@ class Server:
         finally:
             await chunks.put(None)
 
-    def _submit(self, conn: Connection, request: SubmitRequest, frame: Frame) -> JobRef:
+    async def _submit(
+        self, conn: Connection, request: SubmitRequest, frame: Frame
+    ) -> JobRef:
         job = self._admit(conn, request.job, frame, request.fds, detached=True)
+        await self._registry.durable()  # acknowledged means journaled
         return JobRef(job_id=job.job_id)
 
     def _status(self, conn: Connection, request: StatusRequest) -> JobStatus:
@@ -633,12 +687,45 @@ class Server:
         ended.cancel()
         return JobStatus(job_id=job.job_id, state=job.state)
 
-    def _list(self, conn: Connection) -> JobList:
-        jobs = [
-            JobSummary(job_id=job.job_id, state=job.state, argv0s=job.spec.argv0s)
-            for job in self._registry.jobs(conn.peer)
+    async def _follow(self, conn: Connection, request: FollowRequest) -> JobStatus:
+        """Send what the job's spool holds, and (``live``) what is added,
+        until the job has ended and all of it was sent."""
+        job = self._registry.get(request.job_id, conn.peer)
+        spool = self._registry.spool
+        if spool is None:
+            msg = "follow reads the spool in state_dir; this daemon has none"
+            raise BadRequest(msg)
+        sender = _EventSender(
+            conn,
+            request.id,
+            job.spec.output_encoding,
+            self._settings.idle_timeout_seconds,
+            on_fail=lambda: None,
+        )
+        stages = len(job.spec.stages)
+        streams = [("stdout", stages - 1)] + [("stderr", i) for i in range(stages)]
+        readers = [
+            _Tail(spool.stream_path(job.job_id, name, i), name, i, sender)
+            for name, i in streams
         ]
-        return JobList(jobs=jobs)
+        try:
+            while True:
+                ended = job.done.is_set()  # before reading: nothing is missed
+                sent = [await tail.pump() for tail in readers]
+                if ended or not request.live:
+                    break
+                if not any(sent):
+                    await _until(job.done, FOLLOW_POLL_SECONDS)
+            for tail in readers:
+                await tail.finish()
+        finally:
+            for tail in readers:
+                tail.close()
+        return JobStatus(job_id=job.job_id, state=job.state)
+
+    def _list(self, conn: Connection, request: ListRequest) -> JobList:
+        jobs, cursor = self._registry.listing(conn.peer, request)
+        return JobList(jobs=jobs, cursor=cursor)
 
     def _count_error(self, peer: Peer, code: str) -> None:
         self._errors[code] += 1

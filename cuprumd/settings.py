@@ -29,7 +29,7 @@ from cuprumd.backend import StreamBackend, parse_stream_backend
 from cuprumd.engine.launch import RLIMIT_RESOURCES
 from cuprumd.engine.sandbox import SandboxMode
 from cuprumd.errors import ConfigError
-from cuprumd.paths import default_socket_path
+from cuprumd.paths import default_socket_path, default_state_dir
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -130,7 +130,9 @@ class Settings(BaseSettings):
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    state_dir: Path | None = None
+    state_dir: Path | None = Field(default_factory=default_state_dir)
+    journal_env: bool = False
+    max_state_bytes: int = Field(default=1 << 30, ge=0)
     sandbox: SandboxMode = "strict"
     job_user: str | None = None
     readable_paths: Annotated[list[Path], NoDecode] = Field(default_factory=list)

@@ -26,6 +26,7 @@ from cuprumd.fdio import (
 )
 from cuprumd.outcome import TransferOutcome
 from cuprumd.pump import Transfer, start_transfer
+from cuprumd.spool import JobFiles
 
 __all__ = ["OutputStreamer", "Streams"]
 
@@ -47,6 +48,7 @@ class Streams:
         buffer_size: int,
         job_id: str | None,
         streamer: OutputStreamer | None = None,
+        spool: JobFiles | None = None,
     ) -> None:
         self._loop = loop
         self.plumbing = plumbing
@@ -55,6 +57,7 @@ class Streams:
         self._buffer_size = buffer_size
         self._job_id = job_id
         self._streamer = streamer
+        self._spool = spool
         self.stdout: Capture | Relay | None = None
         self.stderrs: list[Capture | Relay | None] = [None] * len(plumbing.err)
         self.feeder: Feeder | StreamFeeder | None = None
@@ -93,7 +96,11 @@ class Streams:
         relay to it (nothing kept, so no budget)."""
         reader: Capture | Relay
         if self._streamer is None:
-            reader = Capture(self._loop, fd, self._budget)
+            sink = None
+            if self._spool is not None:
+                spool = self._spool
+                sink = spool.stdout if stream == "stdout" else spool.stderrs[stage]
+            reader = Capture(self._loop, fd, self._budget, sink)
         else:
             reader = Relay(self._loop, fd, self._streamer(stream, stage))
         reader.start()
@@ -145,6 +152,13 @@ class Streams:
         if isinstance(self.stdout, Capture) and self.stdout.cut:
             cut[-1] = True
         return cut
+
+    def spooled_bytes(self) -> int | None:
+        """What the captures wrote to the job's spool files, if it has any."""
+        if self._spool is None:
+            return None
+        found = [self.stdout, *self.stderrs]
+        return sum(c.kept for c in found if isinstance(c, Capture))
 
     def contents(self) -> tuple[tuple[bytes, bool], list[tuple[bytes, bool]]]:
         """Captured stdout and each stderr, with their truncation flags."""

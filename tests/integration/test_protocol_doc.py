@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cuprumd.errors import PROTOCOL_ERRORS
-from tests.daemon_harness import REPO, Daemon, start_daemon
+from tests.daemon_harness import REPO, Daemon, short_tmpdir, start_daemon
 
 DOC = REPO / "docs" / "protocol.md"
 #: The settings docs/protocol.md says its examples were taken with.
@@ -27,12 +27,23 @@ DOC_SETTINGS = {
 OPS = {"ping", "run", "submit", "status", "wait", "cancel", "list", "stats", "stdin"}
 
 
-def exchanges() -> list[tuple[str, list[str]]]:
+#: The fence of the examples taken with a ``state_dir`` (a second daemon).
+DURABLE_FENCE = "```text durable"
+
+
+def exchanges(*, durable: bool = False) -> list[tuple[str, list[str]]]:
     """Each example request and its replies: none for a ``stdin`` chunk,
     one for most, events then a result for a stream (a reply belongs to the
-    latest request with its ``id`` that is not a ``stdin`` chunk)."""
+    latest request with its ``id`` that is not a ``stdin`` chunk). Only the
+    ``durable`` blocks, or only the others."""
     found: list[tuple[str, list[str]]] = []
+    fence = ""
     for line in DOC.read_text().splitlines():
+        if line.startswith("```"):
+            fence = line if not fence else ""
+            continue
+        if (fence == DURABLE_FENCE) != durable:
+            continue
         if line.startswith("> "):
             found.append((line[2:], []))
         elif line.startswith("< "):
@@ -96,7 +107,7 @@ def doc_daemon() -> Iterator[Daemon]:
 
 def test_every_op_has_an_example() -> None:
     documented = set()
-    for request, _replies in exchanges():
+    for request, _replies in exchanges() + exchanges(durable=True):
         match = re.search(r'"op":"(\w+)"', request)
         if match:
             documented.add(match.group(1))
@@ -110,10 +121,27 @@ def test_every_error_code_is_documented() -> None:
 
 
 def test_examples_replay_against_a_real_daemon(doc_daemon: Daemon) -> None:
+    replay(doc_daemon, exchanges())
+
+
+def test_durable_examples_replay_against_a_daemon_with_a_state_dir() -> None:
+    workdir = short_tmpdir()
+    daemon = start_daemon(
+        {**DOC_SETTINGS, "max_concurrent_jobs": 4, "state_dir": str(workdir / "s")},
+        workdir=workdir,
+    )
+    try:
+        replay(daemon, exchanges(durable=True))
+    finally:
+        daemon.terminate()
+        daemon.close()
+
+
+def replay(daemon: Daemon, examples: list[tuple[str, list[str]]]) -> None:
     ids: dict[str, str] = {}  # job id in the doc -> job id in this run
-    with doc_daemon.connect() as conn:
+    with daemon.connect() as conn:
         streaming: list[str] = []  # the replies a stdin_stream run awaits
-        for documented_request, documented in exchanges():
+        for documented_request, documented in examples:
             request = documented_request
             for doc_id, live_id in ids.items():
                 request = request.replace(doc_id, live_id)

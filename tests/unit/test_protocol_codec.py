@@ -55,6 +55,7 @@ def test_every_op_of_the_contract_has_a_model() -> None:
         "wait",
         "cancel",
         "list",
+        "follow",
         "stdin",
         "stats",
     }

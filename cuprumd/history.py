@@ -1,0 +1,231 @@
+"""What the daemon keeps of every job in ``state_dir``: the journal (who
+asked for what, when, and how it ended) and the spooled output.
+
+The registry tells this module each step of a job's life; the server asks
+it for results and history that outlive the daemon. Writes are batched:
+one transaction per event-loop turn, and a ``submit`` is acknowledged only
+once its job is committed, so a crash never forgets a job a client was
+told about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cuprumd.journal import Journal, JournalRecord, OpenReport
+from cuprumd.logging import get_logger
+from cuprumd.models import JobResult, JobSpec, JobState
+from cuprumd.outcome import Facts, build_result, with_output
+from cuprumd.spool import JobFiles, Spool
+
+__all__ = ["History", "open_history"]
+
+_log = get_logger("cuprumd.history")
+JOURNAL_NAME = "journal.sqlite3"
+#: How often finished results are checked for expiry by age.
+SWEEP_SECONDS = 1.0
+LOST_REASON = (
+    "the daemon stopped while the job was queued or running; its processes "
+    "were killed with it"
+)
+
+
+@dataclass
+class History:
+    """The journal and the spool, with the daemon's retention settings."""
+
+    journal: Journal
+    spool: Spool
+    journal_env: bool
+    retention_seconds: float
+    max_bytes: int
+    #: Spooled output of unexpired results, kept up to date between sweeps.
+    held_bytes: int = 0
+    _commit: asyncio.Future[None] | None = field(default=None, repr=False)
+    _next_sweep: float = field(default=0.0, repr=False)
+
+    # -- a job's life -----------------------------------------------------
+
+    def accepted(
+        self, job_id: str, spec: JobSpec, uid: int, gid: int, *, detached: bool
+    ) -> None:
+        doc = spec.model_dump(mode="json", exclude_none=True)
+        doc.pop("stdin", None)  # input is not history, and may be large
+        if not self.journal_env and doc.get("env"):
+            doc["env"] = dict.fromkeys(doc["env"], "")  # names, never values
+        self.journal.accepted(
+            job_id,
+            uid=uid,
+            gid=gid,
+            detached=detached,
+            spec=json.dumps(doc, separators=(",", ":")),
+            argv0s=spec.argv0s,
+            at=time.time(),
+        )
+        self._commit_soon()
+
+    def started(self, job_id: str, stages: int) -> JobFiles:
+        """Note the start; the job's fresh spool files."""
+        self.journal.started(job_id, at=time.time())
+        self._commit_soon()
+        return self.spool.create(job_id, stages)
+
+    def finished(self, job_id: str, result: JobResult) -> list[str]:
+        """Note the end; the ids of results this expired (oldest first).
+
+        Expiry scans the journal, so it runs at most once a second, or at
+        once when the spool grew past ``max_state_bytes``.
+        """
+        meta = result.model_dump_json()
+        now = time.time()
+        self.journal.finished(
+            job_id,
+            state=str(result.state),
+            result=meta,
+            output_bytes=result.output_bytes,
+            at=now,
+        )
+        self.held_bytes += result.output_bytes
+        self._commit_soon()
+        if self.held_bytes > self.max_bytes or now >= self._next_sweep:
+            return self.expire()
+        return []
+
+    def expire(self) -> list[str]:
+        """Drop results past ``result_retention_seconds``, then the oldest
+        until the spool is within ``max_state_bytes``."""
+        now = time.time()
+        self._next_sweep = now + SWEEP_SECONDS
+        gone = self.journal.expire(
+            finished_before=now - self.retention_seconds,
+            max_output_bytes=self.max_bytes,
+        )
+        for job_id in gone:
+            self.spool.remove(job_id)
+        self.held_bytes = self.journal.output_bytes()
+        return gone
+
+    # -- durability -----------------------------------------------------------
+
+    def _commit_soon(self) -> None:
+        """Commit at the end of this loop turn, once for all its jobs."""
+        if self._commit is None:
+            loop = asyncio.get_running_loop()
+            self._commit = loop.create_future()
+            loop.call_soon(self._commit_now)
+
+    def _commit_now(self) -> None:
+        waiter, self._commit = self._commit, None
+        try:
+            self.journal.commit()
+        except Exception as exc:  # the daemon serves on; the log says why
+            _log.exception("journal.commit_failed")
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+            return
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def durable(self) -> None:
+        """Return once everything noted so far is committed."""
+        if self._commit is not None:
+            await asyncio.shield(self._commit)
+
+    # -- reading back -----------------------------------------------------------
+
+    def record(self, job_id: str) -> JournalRecord | None:
+        if time.time() >= self._next_sweep:  # an idle daemon expires too
+            self.expire()
+        return self.journal.get(job_id)
+
+    def full_result(self, job_id: str, meta: JobResult) -> JobResult:
+        """A finished job's result with its output read back from the spool."""
+        stdout, stderrs = self.spool.read(job_id, len(meta.stages))
+        return with_output(meta, stdout, stderrs)
+
+    def result_of(self, record: JournalRecord) -> JobResult | None:
+        """The stored result of a finished record, output included."""
+        if record.result is None:
+            return None
+        meta = JobResult.model_validate_json(record.result)
+        return self.full_result(record.job_id, meta)
+
+    def close(self) -> None:
+        self._commit_now()
+        self.journal.close()
+
+
+def spec_of(record: JournalRecord) -> JobSpec:
+    """The job as it was stored (input and, unless kept, env values out)."""
+    doc: dict[str, Any] = json.loads(record.spec)
+    return JobSpec.model_validate(doc)
+
+
+def lost_result(record: JournalRecord) -> JobResult:
+    """The result a job ``lost`` in a crash reports: it has no other."""
+    spec = spec_of(record)
+    count = len(spec.stages)
+    result = build_result(
+        Facts(
+            job_id=record.job_id,
+            backend="unknown",
+            argvs=[stage.argv for stage in spec.stages],
+            pids=[None] * count,
+            returncodes=[None] * count,
+            stderrs=[(b"", False)] * count,
+            stdout=(b"", False),
+            transfers=[],
+            encoding=spec.output_encoding,
+            started_at=_iso(record.started_at or record.accepted_at),
+            duration_ms=0.0,
+            error=None,
+            end_state=JobState.LOST,
+            fail_fast_stage=None,
+        )
+    )
+    return result.model_copy(update={"error": record.reason})
+
+
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(when))
+
+
+def open_history(
+    state_dir: Path,
+    *,
+    journal_env: bool,
+    retention_seconds: float,
+    max_bytes: int,
+) -> tuple[History, OpenReport]:
+    """Open (or start) the journal and the spool; jobs the previous daemon
+    left queued or running become ``lost``; spool files no journal record
+    names are removed."""
+    journal, report = Journal.open(
+        state_dir / JOURNAL_NAME, lost_reason=LOST_REASON, now=time.time()
+    )
+    spool = Spool(state_dir / "spool")
+    history = History(journal, spool, journal_env, retention_seconds, max_bytes)
+    history.expire()  # what aged out while the daemon was down
+    known = {r.job_id for r in journal.history(limit=2**62) if not r.expired}
+    removed = spool.keep_only(known)
+    if report.renamed_aside is not None:
+        _log.error(
+            "journal.unusable",
+            moved_to=str(report.renamed_aside),
+            problem=report.problem,
+        )
+    _log.info(
+        "journal.opened",
+        path=str(state_dir / JOURNAL_NAME),
+        jobs=report.jobs,
+        lost=len(report.lost),
+        spool_removed=removed,
+        pid=os.getpid(),
+    )
+    return history, report
