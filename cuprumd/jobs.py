@@ -37,6 +37,10 @@ __all__ = ["Job", "JobRegistry", "Limits", "Runner", "unstarted_result"]
 
 _log = get_logger("cuprumd.jobs")
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
+#: With a journal, how many finished submitted jobs stay in memory (a few
+#: KiB each) so that fetching a fresh result costs no query; older ones
+#: are read back from the journal, and memory does not grow with them.
+RECENT_RESULTS = 256
 _END_STATES = [state for state in JobState if state.finished]
 _PUMPS: tuple[str, ...] = get_args(PumpName)
 
@@ -423,7 +427,7 @@ class JobRegistry:
                 # Its result lives on disk; the metadata stays at hand (a
                 # bounded number of jobs) so fetching it costs no query.
                 self._retained[job.job_id] = job
-                while len(self._retained) > self._limits.max_retained_jobs:
+                while len(self._retained) > RECENT_RESULTS:
                     self.forget(next(iter(self._retained.values())))
         elif job.detached:
             self._detached_open -= 1
