@@ -28,7 +28,7 @@ from benchmarks import throughput
 from benchmarks.report import svg_bars, table
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("throughput", "pacing", "daemon", "load", "cli", "journal")
+GROUPS = ("throughput", "pacing", "daemon", "load", "cli", "journal", "pipe")
 #: What the unprivileged pass repeats: the tables the pipe budget can change.
 UNPRIVILEGED_GROUPS = ("throughput", "daemon")
 
@@ -132,6 +132,10 @@ def run_groups(
         from benchmarks import journal
 
         results["journal"] = journal.run_all(quick=quick)
+    if "pipe" in groups:
+        from benchmarks import pipe
+
+        results["pipe"] = pipe.run_all(quick=quick, reps=reps)
     return results
 
 

@@ -24,15 +24,17 @@ _LEVELS = {
 
 
 def configure_logging(
-    log_format: Literal["json", "console"] = "json",
+    log_format: Literal["auto", "json", "console"] = "auto",
     log_level: Literal["debug", "info", "warning", "error"] = "info",
     stream: TextIO | None = None,
 ) -> None:
-    """Route structlog events (and stdlib warnings) to ``stream``."""
+    """Route structlog events (and stdlib warnings) to ``stream``: for a
+    person at a terminal readable lines (``auto``), for journald and log
+    collectors one JSON object per line."""
     out = sys.stderr if stream is None else stream
     level = _LEVELS[log_level]
     renderer: structlog.types.Processor
-    if log_format == "console":
+    if log_format == "console" or (log_format == "auto" and out.isatty()):
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()

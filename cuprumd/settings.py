@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     max_queued_jobs_per_uid: int | None = Field(default=None, ge=0)
     pump_buffer_size: int = Field(default=1 << 20, ge=4096, le=GiB)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
-    log_format: Literal["json", "console"] = "json"
+    log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     state_dir: Path | None = Field(default_factory=default_state_dir)
     journal_env: bool = False
