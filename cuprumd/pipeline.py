@@ -74,6 +74,9 @@ class RunOptions:
     or cgroup, but stages still get their own group, the parent-death
     signal and the final sweep.
 
+    The four job limits' defaults are defined here, once: the settings
+    model takes them over as its own defaults.
+
     ``pipe_size`` is what inter-stage pipes are grown to (0: not grown);
     ``None`` grows them to ``pump_buffer_size`` (library use: no daemon
     sharing the per-user pipe budget among its jobs).

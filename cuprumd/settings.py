@@ -30,6 +30,7 @@ from cuprumd.engine.launch import RLIMIT_RESOURCES
 from cuprumd.engine.sandbox import SandboxMode
 from cuprumd.errors import ConfigError
 from cuprumd.paths import default_socket_path, default_state_dir
+from cuprumd.pipeline import RunOptions
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "CUPRUM_"
+#: A job's limits as the engine defines them; the settings take them over.
+_RUN = RunOptions()
 CONFIG_ENV_VAR = "CUPRUM_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/cuprumd/cuprumd.toml")
 
@@ -113,10 +116,10 @@ class Settings(BaseSettings):
     max_queued_jobs: int = Field(default=256, ge=0, le=1_000_000)
     max_stages: int = Field(default=16, ge=1, le=256)
     max_request_bytes: int = Field(default=8 << 20, ge=1024, le=GiB)
-    max_output_bytes: int = Field(default=16 << 20, ge=0, le=GiB)
-    default_timeout: float = Field(default=300.0, gt=0)
+    max_output_bytes: int = Field(default=_RUN.max_output_bytes, ge=0, le=GiB)
+    default_timeout: float = Field(default=_RUN.default_timeout, gt=0)
     max_timeout_seconds: float = Field(default=86400.0, gt=0, allow_inf_nan=False)
-    kill_grace_seconds: float = Field(default=5.0, ge=0)
+    kill_grace_seconds: float = Field(default=_RUN.kill_grace_seconds, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     result_retention_seconds: float = Field(default=600.0, ge=0)
     max_retained_bytes: int = Field(default=256 << 20, ge=0)
@@ -126,7 +129,7 @@ class Settings(BaseSettings):
     idle_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     max_running_jobs_per_uid: int | None = Field(default=None, ge=1)
     max_queued_jobs_per_uid: int | None = Field(default=None, ge=0)
-    pump_buffer_size: int = Field(default=1 << 20, ge=4096, le=GiB)
+    pump_buffer_size: int = Field(default=_RUN.pump_buffer_size, ge=4096, le=GiB)
     event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
