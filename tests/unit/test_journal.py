@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -592,7 +595,8 @@ def test_a_bad_journal_does_not_raise_twice(path: Path) -> None:
 
 
 def read_only_dir(tmp_path: Path) -> Path:
-    """A 0500 directory, or a skip where modes are not enforced (root)."""
+    """A 0500 directory: its mode holds for us (root runs these tests
+    again without the capabilities that override it, below)."""
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
@@ -601,10 +605,10 @@ def read_only_dir(tmp_path: Path) -> Path:
     except PermissionError:
         return ro
     ro.chmod(0o700)
-    pytest.skip("directory modes are not enforced for this user")
+    raise AssertionError("directory modes do not hold for this process")
 
 
-def test_read_only_directory_raises(tmp_path: Path) -> None:
+def _check_read_only_directory_raises(tmp_path: Path) -> None:
     ro = read_only_dir(tmp_path)
     try:
         with pytest.raises((OSError, sqlite3.Error)):
@@ -613,9 +617,9 @@ def test_read_only_directory_raises(tmp_path: Path) -> None:
         ro.chmod(0o700)
 
 
-def test_bad_journal_in_read_only_directory_raises(tmp_path: Path) -> None:
-    ro = read_only_dir(tmp_path)
-    ro.chmod(0o700)
+def _check_bad_journal_in_read_only_directory_raises(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
     (ro / "journal.db").write_bytes(b"garbage " * 100)
     ro.chmod(0o500)
     try:
@@ -624,6 +628,47 @@ def test_bad_journal_in_read_only_directory_raises(tmp_path: Path) -> None:
     finally:
         ro.chmod(0o700)
     assert (ro / "journal.db").read_bytes() == b"garbage " * 100
+
+
+#: As root, the read-only checks run in a child that lacks the
+#: capabilities overriding file modes (CI runs as root).
+_WITHOUT_DAC = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search,-fowner",
+    "--inh-caps=-all",
+]
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        _check_read_only_directory_raises,
+        _check_bad_journal_in_read_only_directory_raises,
+    ],
+)
+def test_a_journal_that_cannot_be_made_or_set_aside_raises(
+    check: Any, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0 or os.environ.get("CUPRUM_TEST_NO_DAC") == "1":
+        check(tmp_path)
+        return
+    code = (
+        "import sys, pathlib, tempfile\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "import tests.unit.test_journal as t\n"
+        "with tempfile.TemporaryDirectory() as d:\n"
+        f"    t.{check.__name__}(pathlib.Path(d))\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "CUPRUM_TEST_NO_DAC": "1"}
+    done = subprocess.run(
+        [*_WITHOUT_DAC, sys.executable, "-c", code, repo],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_missing_directory_raises(tmp_path: Path) -> None:
