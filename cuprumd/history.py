@@ -30,6 +30,8 @@ _log = get_logger("cuprumd.history")
 JOURNAL_NAME = "journal.sqlite3"
 #: How often finished results are checked for expiry by age.
 SWEEP_SECONDS = 1.0
+#: How long a job's start may wait to be committed with others.
+FLUSH_SECONDS = 0.05
 LOST_REASON = (
     "the daemon stopped while the job was queued or running; its processes "
     "were killed with it"
@@ -49,22 +51,23 @@ class History:
     held_bytes: int = 0
     _commit: asyncio.Future[None] | None = field(default=None, repr=False)
     _next_sweep: float = field(default=0.0, repr=False)
+    _flush: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     # -- a job's life -----------------------------------------------------
 
     def accepted(
         self, job_id: str, spec: JobSpec, uid: int, gid: int, *, detached: bool
     ) -> None:
-        doc = spec.model_dump(mode="json", exclude_none=True)
-        doc.pop("stdin", None)  # input is not history, and may be large
-        if not self.journal_env and doc.get("env"):
-            doc["env"] = dict.fromkeys(doc["env"], "")  # names, never values
+        # Input is not history (and may be large); env values may be secrets.
+        if spec.env and not self.journal_env:
+            spec = spec.model_copy(update={"env": dict.fromkeys(spec.env, "")})
+        stored = spec.model_dump_json(exclude={"stdin"}, exclude_none=True)
         self.journal.accepted(
             job_id,
             uid=uid,
             gid=gid,
             detached=detached,
-            spec=json.dumps(doc, separators=(",", ":")),
+            spec=stored,
             argv0s=spec.argv0s,
             at=time.time(),
         )
@@ -73,7 +76,7 @@ class History:
     def started(self, job_id: str, stages: int) -> JobFiles:
         """Note the start; the job's fresh spool files."""
         self.journal.started(job_id, at=time.time())
-        self._commit_soon()
+        self._commit_later()
         return self.spool.create(job_id, stages)
 
     def finished(self, job_id: str, result: JobResult) -> list[str]:
@@ -92,7 +95,7 @@ class History:
             at=now,
         )
         self.held_bytes += result.output_bytes
-        self._commit_soon()
+        self._commit_soon()  # an end a client may have seen must outlast a crash
         if self.held_bytes > self.max_bytes or now >= self._next_sweep:
             return self.expire()
         return []
@@ -120,7 +123,18 @@ class History:
             self._commit = loop.create_future()
             loop.call_soon(self._commit_now)
 
+    def _commit_later(self) -> None:
+        """A start needs no prompt commit (nobody sees it, and a crash
+        before it leaves the job ``lost`` either way): it rides along with
+        the next commit, or goes within ``FLUSH_SECONDS``."""
+        if self._flush is None and self._commit is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(FLUSH_SECONDS, self._commit_now)
+
     def _commit_now(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         waiter, self._commit = self._commit, None
         try:
             self.journal.commit()

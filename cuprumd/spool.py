@@ -73,11 +73,9 @@ class Spool:
         return self.root / job_id
 
     def create(self, job_id: str, stages: int) -> JobFiles:
-        """The files of a job about to start (made when first written);
-        what an earlier run under the same id left is removed."""
+        """The files of a job about to start, made when first written (job
+        ids are random; leftovers no journal names went at start-up)."""
         path = self._dir(job_id)
-        if path.exists():
-            shutil.rmtree(path)
         return JobFiles(
             SpoolFile(path, "stdout"),
             [SpoolFile(path, f"stderr.{i}") for i in range(stages)],
