@@ -151,6 +151,7 @@ class _Running:
     registry: JobRegistry
     server: Server
     notifier: Notifier
+    history: History | None = None
 
     def reload(self, source: SettingsSource) -> None:
         """Apply what changed in the settings' sources, all of it or none.
@@ -176,6 +177,10 @@ class _Running:
         self.runner.configure(settings)
         self.registry.set_limits(Limits.from_settings(settings))
         self.server.apply(settings, allowlist)
+        if self.history is not None:
+            self.history.retention_seconds = settings.result_retention_seconds
+            self.history.max_bytes = settings.max_state_bytes
+            self.history.journal_env = settings.journal_env
         if "log_level" in plan.applied:
             configure_logging(settings.log_format, settings.log_level)
         if plan.restart_needed:
@@ -234,7 +239,7 @@ async def _serve(  # noqa: PLR0917 - the start-up's results, in its order
     try:
         await server.start(listener)
         running = _Running(
-            settings, allowlist, guard, runner, registry, server, notifier
+            settings, allowlist, guard, runner, registry, server, notifier, history
         )
         where = listener.describe()
         notifier.send(

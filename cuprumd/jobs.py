@@ -506,11 +506,6 @@ class JobRegistry:
         if self._history is not None:
             await self._history.durable()
 
-    def jobs(self, peer: Peer) -> list[Job]:
-        """Every job ``peer`` may see, oldest first."""
-        self._purge()
-        return [job for job in self._jobs.values() if self._visible(job, peer)]
-
     def listing(
         self, peer: Peer, query: Listing
     ) -> tuple[list[JobSummary], str | None]:

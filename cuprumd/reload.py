@@ -39,6 +39,8 @@ RELOADABLE = frozenset(
         "result_retention_seconds",
         "max_retained_bytes",
         "max_retained_jobs",
+        "max_state_bytes",
+        "journal_env",
         "max_connections",
         "max_connections_per_uid",
         "idle_timeout_seconds",

@@ -35,7 +35,6 @@ from cuprumd.errors import (
     BadRequest,
     Busy,
     Forbidden,
-    FrameTooLarge,
     Internal,
     ProtocolError,
 )
@@ -126,7 +125,7 @@ class Connection:
         frame, self.pending = self.pending, _NOTHING
         if frame is _NOTHING:
             return await self.frames.next()
-        if isinstance(frame, FrameTooLarge):
+        if isinstance(frame, ProtocolError):
             raise frame
         assert frame is None or isinstance(frame, Frame)
         return frame
@@ -139,7 +138,7 @@ class Connection:
         if self.pending is _NOTHING:
             try:
                 self.pending = await self.frames.next()
-            except FrameTooLarge as exc:
+            except ProtocolError as exc:  # too large, or too many descriptors
                 self.pending = exc
             except OSError:
                 return
@@ -408,7 +407,7 @@ class Server:
             try:
                 async with asyncio.timeout(idle):
                     frame = await conn.next_frame()
-            except FrameTooLarge as exc:
+            except ProtocolError as exc:  # the stream cannot be read on from here
                 self._count_error(conn.peer, exc.code)
                 await conn.send(error_reply(None, exc))
                 return
@@ -687,7 +686,9 @@ class Server:
         ended.cancel()
         return JobStatus(job_id=job.job_id, state=job.state)
 
-    async def _follow(self, conn: Connection, request: FollowRequest) -> JobStatus:
+    async def _follow(
+        self, conn: Connection, request: FollowRequest
+    ) -> JobStatus | None:
         """Send what the job's spool holds, and (``live``) what is added,
         until the job has ended and all of it was sent."""
         job = self._registry.get(request.job_id, conn.peer)
@@ -718,6 +719,8 @@ class Server:
                     await _until(job.done, FOLLOW_POLL_SECONDS)
             for tail in readers:
                 await tail.finish()
+        except (OSError, TimeoutError):
+            return None  # the client left, or stopped reading: it is over
         finally:
             for tail in readers:
                 tail.close()

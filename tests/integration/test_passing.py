@@ -181,3 +181,24 @@ def test_a_queued_job_cancelled_closes_what_it_was_passed(daemon: Daemon) -> Non
 def test_ping_says_descriptors_may_be_passed(daemon: Daemon) -> None:
     with daemon.client() as client:
         assert "fds" in client.ping().features
+
+
+def test_a_flood_of_descriptors_is_refused_and_closed(daemon: Daemon) -> None:
+    pid = daemon.proc.pid
+    daemon.request({"op": "ping"})
+    before = open_fds(pid)
+    read_end, write_end = os.pipe()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(daemon.socket_path))
+        for _ in range(4):  # no line ends: the descriptors pile up
+            socket.send_fds(sock, [b'{"op":'], [write_end] * 3)
+        reply = sock.makefile("rb").readline()
+    os.close(write_end)
+    assert b'"bad_request"' in reply
+    assert b"too many descriptors" in reply
+    os.set_blocking(read_end, False)
+    assert wait_for(lambda: _eof(read_end), timeout=5)
+    os.close(read_end)
+    assert wait_for(lambda: open_fds(pid) <= before, timeout=5)
+    assert "Traceback" not in daemon.log()

@@ -13,6 +13,7 @@ from cuprumd.errors import Busy, NotFound, WaitTimeout
 from cuprumd.jobs import Job, JobRegistry, Limits, unstarted_result
 from cuprumd.models import JobResult, JobSpec, JobState, TransferResult
 from cuprumd.peers import Peer
+from cuprumd.protocol import ListRequest
 
 ALICE = Peer(10, 1000, 1000)
 BOB = Peer(11, 1001, 1001)
@@ -157,7 +158,7 @@ def test_run_jobs_are_not_retained() -> None:
         runner.finish(job)
         await registry.wait(job, None)
         registry.forget(job)
-        assert registry.jobs(ROOT) == []
+        assert registry.listing(ROOT, ListRequest(op="list")) == ([], None)
         assert registry.counters()["retained"] == 0
 
     scenario(body)
@@ -168,7 +169,11 @@ def test_other_users_jobs_are_invisible_except_to_root_and_the_daemon() -> None:
         job = registry.admit(SPEC, (), ALICE, detached=True)
         with pytest.raises(NotFound):
             registry.get(job.job_id, BOB)
-        assert registry.jobs(BOB) == []
+        assert registry.listing(BOB, ListRequest(op="list")) == ([], None)
+        mine, _ = registry.listing(ALICE, ListRequest(op="list", uid=BOB.uid))
+        assert mine == []  # asking for another uid's jobs shows none
+        seen, _ = registry.listing(ROOT, ListRequest(op="list"))
+        assert [row.job_id for row in seen] == [job.job_id]
         assert registry.get(job.job_id, ROOT) is job
         assert registry.get(job.job_id, Peer(1, 999, 999)) is job
         registry.cancel(job)
