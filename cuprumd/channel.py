@@ -15,6 +15,7 @@ import os
 import socket
 
 from cuprumd.errors import BadRequest
+from cuprumd.fdio import ready
 
 __all__ = ["MAX_FDS_PER_MESSAGE", "Channel"]
 
@@ -25,11 +26,6 @@ MAX_FDS_PER_MESSAGE = 8
 DISCARD_BYTES = 1 << 20
 CHUNK = 64 << 10
 _ANCILLARY = socket.CMSG_SPACE(MAX_FDS_PER_MESSAGE * array.array("i").itemsize)
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -64,7 +60,7 @@ class Channel:
                     size, _ANCILLARY, socket.MSG_CMSG_CLOEXEC
                 )
             except (BlockingIOError, InterruptedError):
-                await self._readable()
+                await ready(self._loop, self.fd, write=False)
                 continue
             fds = _descriptors(ancillary)
             if flags & socket.MSG_CTRUNC:
@@ -76,14 +72,6 @@ class Channel:
                 )
                 raise BadRequest(msg)
             return data, fds
-
-    async def _readable(self) -> None:
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._loop.add_reader(self.fd, _wake, waiter)
-        try:
-            await waiter
-        finally:
-            self._loop.remove_reader(self.fd)
 
     async def send(self, data: bytes) -> None:
         """All of ``data``, waiting while the client does not read."""

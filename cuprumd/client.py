@@ -27,6 +27,7 @@ from cuprumd.discovery import (
     trusted_uids,
 )
 from cuprumd.errors import ClientError
+from cuprumd.fdio import ready
 from cuprumd.models import JobResult, JobSpec
 from cuprumd.protocol import (
     JobList,
@@ -380,11 +381,6 @@ class Client:
         return StatsResult.model_validate(self.request("stats"))
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 async def _send_descriptors(
     writer: asyncio.StreamWriter, line: bytes, fds: Sequence[int]
 ) -> int:
@@ -402,12 +398,7 @@ async def _send_descriptors(
             try:
                 return sock.sendmsg([line], _rights(fds))
             except BlockingIOError:
-                ready: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(sock.fileno(), _wake, ready)
-                try:
-                    await ready
-                finally:
-                    loop.remove_writer(sock.fileno())
+                await ready(loop, sock.fileno(), write=True)
 
 
 class AsyncClient:

@@ -22,6 +22,7 @@ __all__ = [
     "Relay",
     "StreamFeeder",
     "close_quietly",
+    "ready",
 ]
 
 _READ_SIZE = 256 * 1024
@@ -187,7 +188,8 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+async def ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> None:
+    """Wait until ``fd`` can be read (or written) without blocking."""
     waiter: asyncio.Future[None] = loop.create_future()
     if write:
         loop.add_writer(fd, _wake, waiter)
@@ -241,7 +243,7 @@ class Relay:
             try:
                 return os.read(self._fd, _READ_SIZE)
             except BlockingIOError:
-                await _ready(self._loop, self._fd, write=False)
+                await ready(self._loop, self._fd, write=False)
 
     def _close(self) -> None:
         if not self.done.done():
@@ -311,7 +313,7 @@ class StreamFeeder:
                     try:
                         view = view[os.write(self._fd, view) :]
                     except BlockingIOError:
-                        await _ready(self._loop, self._fd, write=True)
+                        await ready(self._loop, self._fd, write=True)
         except OSError:
             pass  # the stage stopped reading (EPIPE): the rest is not wanted
         finally:

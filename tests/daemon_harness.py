@@ -357,3 +357,26 @@ class DaemonPool:
 
 def job(*stages: list[str], **fields: Any) -> dict[str, Any]:
     return {"stages": [{"argv": list(argv)} for argv in stages], **fields}
+
+
+def as_other_uid(uid: int, socket_path: Path, requests: list[dict[str, Any]]) -> Any:
+    """Replies to ``requests`` sent on one connection by a process of ``uid``."""
+    probe = (
+        "import json, socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.settimeout(20)\n"
+        "s.connect(sys.argv[1])\n"
+        "f = s.makefile('rwb')\n"
+        "out = []\n"
+        "for line in sys.argv[2:]:\n"
+        "    f.write(line.encode() + b'\\n'); f.flush()\n"
+        "    out.append(json.loads(f.readline()))\n"
+        "print(json.dumps(out))\n"
+    )
+    argv = [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        PYTHON, "-I", "-c", probe, str(socket_path),
+        *(json.dumps(r) for r in requests),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
+    return json.loads(done.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -101,3 +102,22 @@ class SocketPlumbing(Plumbing):
         os.set_inheritable(w, False)
         self._owned.update((r, w))
         return r, w
+
+
+#: Descriptors the daemon keeps per job slot once a slot was used (the
+#: slot's cgroup and sandbox ruleset): bounded by max_concurrent_jobs.
+SLOT_CACHE = ("anon_inode:[landlock-ruleset]",)
+#: A job slot's cgroup directory, kept open to start stages inside it.
+SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+$")
+
+
+def fd_count(pid: int) -> int:
+    """Open descriptors, the per-slot caches left out."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        count += not (target.endswith(SLOT_CACHE) or SLOT_DIR.search(target))
+    return count

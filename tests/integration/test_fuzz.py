@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
-import re
 import select
 import sys
 import time
@@ -27,6 +25,7 @@ from hypothesis import strategies as st
 
 from cuprumd.errors import PROTOCOL_ERRORS
 from tests.daemon_harness import Daemon, RawConnection, start_daemon, wait_for
+from tests.helpers import fd_count
 
 MAX_REQUEST = 65536
 DAEMON_SETTINGS = {
@@ -73,22 +72,6 @@ def fuzz_settings(examples: int) -> settings:
 
 
 # -- observing the daemon ----------------------------------------------------
-
-#: Descriptors kept per job slot once used: bounded by max_concurrent_jobs.
-SLOT_CACHE = ("anon_inode:[landlock-ruleset]",)
-#: A job slot's cgroup directory, kept open to start stages inside it.
-SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+$")
-
-
-def fd_count(pid: int) -> int:
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        count += not (target.endswith(SLOT_CACHE) or SLOT_DIR.search(target))
-    return count
 
 
 def thread_count(pid: int) -> int:

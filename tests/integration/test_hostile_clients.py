@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,15 +25,16 @@ import pytest
 
 from cuprumd.backend import StreamBackend
 from tests.daemon_harness import (
-    PYTHON,
     Daemon,
     RawConnection,
+    as_other_uid,
     daemon_uid,
     job,
     short_tmpdir,
     start_daemon,
     wait_for,
 )
+from tests.helpers import fd_count
 
 MiB = 1 << 20
 #: A uid that is neither root, nor the daemon's, nor the job user's.
@@ -55,25 +54,6 @@ def proc_status(pid: int, key: str) -> int:
 
 def rss_mib(pid: int) -> float:
     return proc_status(pid, "VmRSS") / 1024
-
-
-#: Descriptors the daemon keeps per job slot once a slot was used (the
-#: slot's cgroup and sandbox ruleset): bounded by max_concurrent_jobs.
-SLOT_CACHE = ("anon_inode:[landlock-ruleset]",)
-#: A job slot's cgroup directory, kept open to start stages inside it.
-SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+$")
-
-
-def fd_count(pid: int) -> int:
-    """Open descriptors, the per-slot caches left out."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        count += not (target.endswith(SLOT_CACHE) or SLOT_DIR.search(target))
-    return count
 
 
 def steady_fd_count(pid: int) -> int:
@@ -217,29 +197,6 @@ def serving(
         assert daemon.terminate() == 0, daemon.log()[-4000:]
     finally:
         daemon.close()
-
-
-def as_other_uid(uid: int, socket_path: Path, requests: list[dict[str, Any]]) -> Any:
-    """Replies to ``requests`` sent on one connection by a process of ``uid``."""
-    probe = (
-        "import json, socket, sys\n"
-        "s = socket.socket(socket.AF_UNIX)\n"
-        "s.settimeout(20)\n"
-        "s.connect(sys.argv[1])\n"
-        "f = s.makefile('rwb')\n"
-        "out = []\n"
-        "for line in sys.argv[2:]:\n"
-        "    f.write(line.encode() + b'\\n'); f.flush()\n"
-        "    out.append(json.loads(f.readline()))\n"
-        "print(json.dumps(out))\n"
-    )
-    argv = [
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-        PYTHON, "-I", "-c", probe, str(socket_path),
-        *(json.dumps(r) for r in requests),
-    ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
-    return json.loads(done.stdout)
 
 
 def shared_workdir() -> Path:
