@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,10 @@ class History:
         self.held_bytes += result.output_bytes
         self._commit_soon()  # an end a client may have seen must outlast a crash
         if self.held_bytes > self.max_bytes or now >= self._next_sweep:
-            return self.expire()
+            try:
+                return self.expire()
+            except (OSError, sqlite3.Error):  # a job's end must not fail on it
+                _log.exception("journal.expire_failed")
         return []
 
     def expire(self) -> list[str]:
