@@ -83,6 +83,18 @@ def _passed(
     return names, fds
 
 
+def _job_fields(
+    job: JobLike,
+    stdin: Stream | None,
+    stdout: Stream | None,
+    stderr: Stream | None,
+) -> dict[str, Any]:
+    """The fields of a ``run`` or ``submit``, and the descriptors to send
+    with its line."""
+    names, fds = _passed(stdin, stdout, stderr)
+    return {"descriptors": fds, "job": _job_doc(job), "fds": names or None}
+
+
 def _rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
 
@@ -309,10 +321,7 @@ class Client:
         writes ``stderr``, with no size limit; the result then carries
         nothing for them (see ``JobResult.passed``).
         """
-        names, fds = _passed(stdin, stdout, stderr)
-        reply = self.request(
-            "run", descriptors=fds, job=_job_doc(job), fds=names or None
-        )
+        reply = self.request("run", **_job_fields(job, stdin, stdout, stderr))
         return JobResult.model_validate(reply)
 
     def submit(
@@ -325,10 +334,7 @@ class Client:
     ) -> str:
         """Start a job in the background; returns its id. Streams as for
         ``run``: the job keeps them after this client has gone."""
-        names, fds = _passed(stdin, stdout, stderr)
-        reply = self.request(
-            "submit", descriptors=fds, job=_job_doc(job), fds=names or None
-        )
+        reply = self.request("submit", **_job_fields(job, stdin, stdout, stderr))
         return JobRef.model_validate(reply).job_id
 
     def status(self, job_id: str) -> JobStatus:
@@ -524,11 +530,8 @@ class AsyncClient:
         stderr: Stream | None = None,
     ) -> JobResult:
         """As ``Client.run``."""
-        names, fds = _passed(stdin, stdout, stderr)
-        reply = await self.request(
-            "run", descriptors=fds, job=_job_doc(job), fds=names or None
-        )
-        return JobResult.model_validate(reply)
+        fields = _job_fields(job, stdin, stdout, stderr)
+        return JobResult.model_validate(await self.request("run", **fields))
 
     async def submit(
         self,
@@ -539,11 +542,8 @@ class AsyncClient:
         stderr: Stream | None = None,
     ) -> str:
         """As ``Client.submit``."""
-        names, fds = _passed(stdin, stdout, stderr)
-        reply = await self.request(
-            "submit", descriptors=fds, job=_job_doc(job), fds=names or None
-        )
-        return JobRef.model_validate(reply).job_id
+        fields = _job_fields(job, stdin, stdout, stderr)
+        return JobRef.model_validate(await self.request("submit", **fields)).job_id
 
     async def status(self, job_id: str) -> JobStatus:
         """The job's current state."""

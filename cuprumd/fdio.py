@@ -204,7 +204,37 @@ async def ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> Non
             loop.remove_reader(fd)
 
 
-class Relay:
+class _DescriptorTask:
+    """A descriptor served by one task: ``start`` runs ``_run``, and the
+    descriptor is closed once, when the task ends or ``abort`` is called."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._task: asyncio.Task[None] | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def start(self) -> asyncio.Future[None]:
+        os.set_blocking(self._fd, False)
+        self._task = self._loop.create_task(self._run())
+        return self.done
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        if not self.done.done():
+            close_quietly(self._fd)
+            self.done.set_result(None)
+
+    def abort(self) -> None:
+        """Stop and close the descriptor (idempotent)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._close()
+
+
+class Relay(_DescriptorTask):
     """Read a stream and hand each chunk on as it comes, reading the next
     only once the last was delivered: a client that does not read stops
     the job's writer (its pipe fills), never grows the daemon's memory.
@@ -216,17 +246,9 @@ class Relay:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, fd: int, deliver: Deliver
     ) -> None:
-        self._loop = loop
-        self._fd = fd
+        super().__init__(loop, fd)
         self._deliver = deliver
-        self._task: asyncio.Task[None] | None = None
         self.failed: BaseException | None = None
-        self.done: asyncio.Future[None] = loop.create_future()
-
-    def start(self) -> asyncio.Future[None]:
-        os.set_blocking(self._fd, False)
-        self._task = self._loop.create_task(self._run())
-        return self.done
 
     async def _run(self) -> None:
         try:
@@ -245,20 +267,9 @@ class Relay:
             except BlockingIOError:
                 await ready(self._loop, self._fd, write=False)
 
-    def _close(self) -> None:
-        if not self.done.done():
-            close_quietly(self._fd)
-            self.done.set_result(None)
-
     def contents(self) -> tuple[bytes, bool]:
         """Nothing is kept: it was all delivered."""
         return b"", False
-
-    def abort(self) -> None:
-        """Stop relaying and close the descriptor (idempotent)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._close()
 
 
 class ChunkQueue:
@@ -285,7 +296,7 @@ class ChunkQueue:
             self._queue.get_nowait()
 
 
-class StreamFeeder:
+class StreamFeeder(_DescriptorTask):
     """Write chunks from a ``ChunkQueue`` into the first stage as they
     arrive, then close it (EOF). EPIPE ends the feed quietly, as for
     ``Feeder``; the queue is closed so the client's later chunks are
@@ -294,16 +305,8 @@ class StreamFeeder:
     def __init__(
         self, loop: asyncio.AbstractEventLoop, fd: int, chunks: ChunkQueue
     ) -> None:
-        self._loop = loop
-        self._fd = fd
+        super().__init__(loop, fd)
         self._chunks = chunks
-        self._task: asyncio.Task[None] | None = None
-        self.done: asyncio.Future[None] = loop.create_future()
-
-    def start(self) -> asyncio.Future[None]:
-        os.set_blocking(self._fd, False)
-        self._task = self._loop.create_task(self._run())
-        return self.done
 
     async def _run(self) -> None:
         try:
@@ -321,12 +324,4 @@ class StreamFeeder:
 
     def _close(self) -> None:
         self._chunks.close()
-        if not self.done.done():
-            close_quietly(self._fd)
-            self.done.set_result(None)
-
-    def abort(self) -> None:
-        """Stop feeding and close the descriptor (idempotent)."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._close()
+        super()._close()
