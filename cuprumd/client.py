@@ -54,8 +54,11 @@ __all__ = [
 _READ_LIMIT = 1 << 30  # replies carry whole outputs; the daemon bounds them
 
 JobLike = JobSpec | Mapping[str, Any]
-#: The socket a client uses; see ``cuprumd.discovery``.
-resolve_socket_path = discover_socket
+
+
+def resolve_socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The socket a client uses; see ``cuprumd.discovery``."""
+    return Path(discover_socket(explicit))
 
 
 class DaemonUnavailable(ClientError):

@@ -16,10 +16,8 @@ other commands import the full client (and pydantic) when they run.
 
 from __future__ import annotations
 
-import binascii
-import json
+import _signal
 import os
-import signal
 import sys
 import time
 from types import SimpleNamespace
@@ -51,12 +49,12 @@ EX_USAGE = 2
 EX_UNAVAILABLE = 69
 EX_TIMED_OUT = 124
 EX_CANCELLED = 130
-EX_SIGPIPE = 128 + signal.SIGPIPE
+EX_SIGPIPE = 128 + _signal.SIGPIPE
 STAGE_SEPARATOR = "|"
 #: Our descriptors a job may take over, by the names of the protocol.
 STREAMS = {"stdin": 0, "stdout": 1, "stderr": 2}
 #: Signals that make ``run`` hang up, which cancels the job.
-INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+INTERRUPTS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 
 COMMON_OPTIONS: tuple[Option, ...] = (
     (("--socket",), "socket", "str", None,
@@ -133,12 +131,23 @@ def _status(doc: Mapping[str, Any]) -> int:
     stage = doc["stages"][failed]
     if stage.get("exit_code"):
         return int(stage["exit_code"])
-    signum = signal.Signals.__members__.get(stage.get("signal") or "")
-    return 1 if signum is None else 128 + signum.value
+    return (
+        1 if (signum := _signal_number(stage.get("signal"))) is None else 128 + signum
+    )
+
+
+def _signal_number(name: object) -> int | None:
+    """``SIGKILL`` → 9; ``None`` for anything that is not a signal's name."""
+    if not isinstance(name, str) or not name.startswith("SIG") or "_" in name:
+        return None
+    number = getattr(_signal, name, None)
+    return number if isinstance(number, int) else None
 
 
 def _decode(text: str, encoding: str) -> bytes:
     if encoding == "base64":
+        import binascii  # noqa: PLC0415 (only captured output needs it)
+
         return binascii.a2b_base64(text)
     return text.encode("utf-8")
 
@@ -153,6 +162,8 @@ def _read_stdin() -> tuple[str, str] | None:
     try:
         return data.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
+        import binascii  # noqa: PLC0415 (only captured input needs it)
+
         return binascii.b2a_base64(data, newline=False).decode("ascii"), "base64"
 
 
@@ -203,6 +214,8 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def _print_json(doc: object) -> None:
+    import json  # noqa: PLC0415 (the quick path decodes with cuprumd.wire)
+
     print(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
@@ -259,7 +272,7 @@ def _cmd_run(args: Args) -> int:
         features = conn.request("ping").get("features")
         if isinstance(features, list) and wire.FDS_FEATURE in features:
             for signum in INTERRUPTS:
-                signal.signal(signum, _interrupt)
+                _signal.signal(signum, _interrupt)
             return _report(conn.request("run", fds=streams, job=job))
     print(
         "cuprumctl: this cuprumd cannot take descriptors; "

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 import stat
-import struct
-from collections.abc import Mapping
-from pathlib import Path
+import sys
+from _socket import SO_PEERCRED, SOL_SOCKET
 
 from cuprumd.errors import ClientError
 from cuprumd.paths import SOCKET_NAME
+
+#: ``typing.TYPE_CHECKING`` without importing typing (mypy knows the name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Protocol
+
+    class _Socket(Protocol):
+        def getsockopt(self, level: int, option: int, size: int, /) -> bytes: ...
+
 
 __all__ = [
     "DAEMON_USER_ENV_VAR",
@@ -35,20 +43,21 @@ __all__ = [
 SOCKET_ENV_VARS = ("CUPRUM_SOCKET", "CUPRUM_SOCKET_PATH")
 DAEMON_USER_ENV_VAR = "CUPRUM_DAEMON_USER"
 #: Where the packaged systemd units put the socket.
-SYSTEM_SOCKET = Path("/run/cuprumd") / SOCKET_NAME
-_UCRED = struct.Struct("3i")
+SYSTEM_SOCKET = f"/run/cuprumd/{SOCKET_NAME}"
+#: ``struct ucred``: pid, uid, gid, each a C int.
+_UCRED_SIZE = 12
 
 
 class UntrustedDaemon(ClientError):
     """The socket's peer is not a daemon this user trusts; nothing was sent."""
 
 
-def _private_tmp_dir(directory: Path, uid: int) -> bool:
+def _private_tmp_dir(directory: str, uid: int) -> bool:
     """``/tmp/cuprumd-<uid>`` counts only as a real directory (not a
     symlink) of the user's own, mode 0700: anything else someone else may
     have made."""
     try:
-        st = directory.lstat()
+        st = os.lstat(directory)
     except OSError:
         return False
     return (
@@ -62,32 +71,35 @@ def discover_socket(
     explicit: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     *,
-    tmp: Path = Path("/tmp"),
-    system_socket: Path = SYSTEM_SOCKET,
-) -> Path:
+    tmp: str = "/tmp",
+    system_socket: str = SYSTEM_SOCKET,
+) -> str:
     """The socket to use: ``explicit``, a ``CUPRUM_SOCKET`` variable, the
     user's runtime directory, the system service's, then the per-user
     directory in ``/tmp`` if it is safe; else the runtime-directory path,
-    which will fail with a clear "cannot connect"."""
+    which will fail with a clear "cannot connect".
+
+    Paths are strings: ``cuprumctl run`` imports this module, and pathlib
+    would cost it a quarter of its start-up."""
     env = os.environ if environ is None else environ
     if explicit is not None:
-        return Path(explicit)
+        return os.fspath(explicit)
     for name in SOCKET_ENV_VARS:
         named = env.get(name, "").strip()
         if named:
-            return Path(named)
+            return named
     uid = os.getuid()
     candidates = []
     runtime = env.get("XDG_RUNTIME_DIR", "").strip()
     if runtime:
-        candidates.append(Path(runtime) / "cuprumd" / SOCKET_NAME)
+        candidates.append(os.path.join(runtime, "cuprumd", SOCKET_NAME))
     candidates.append(system_socket)
     for candidate in candidates:
-        if candidate.exists():
+        if os.path.exists(candidate):
             return candidate
-    fallback = tmp / f"cuprumd-{uid}"
+    fallback = os.path.join(tmp, f"cuprumd-{uid}")
     if _private_tmp_dir(fallback, uid):
-        return fallback / SOCKET_NAME
+        return os.path.join(fallback, SOCKET_NAME)
     return candidates[0]
 
 
@@ -114,11 +126,13 @@ def trusted_uids(
     return frozenset(uids)
 
 
-def check_daemon(sock: socket.socket, path: Path, trusted: frozenset[int]) -> None:
+def check_daemon(
+    sock: _Socket, path: str | os.PathLike[str], trusted: frozenset[int]
+) -> None:
     """Raise ``UntrustedDaemon`` unless the peer of ``sock`` runs as a
     trusted uid; called before a byte is sent."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    _pid, uid, _gid = _UCRED.unpack(raw)
+    raw = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, _UCRED_SIZE)
+    uid = int.from_bytes(raw[4:8], sys.byteorder, signed=True)
     if uid not in trusted:
         msg = (
             f"the socket {path} is served by uid {uid}, which is neither root, "

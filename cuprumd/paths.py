@@ -1,14 +1,20 @@
 """Where the daemon listens by default, shared by the daemon and its clients.
 
 Its own module so that a client can find the socket without importing the
-daemon's settings model (and pydantic-settings with it).
+daemon's settings model (and pydantic-settings with it); clients import
+it for ``SOCKET_NAME`` alone, so pathlib is loaded only by the daemon's
+functions below.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from pathlib import Path
+
+#: ``typing.TYPE_CHECKING`` without importing typing (mypy knows the name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
 
 __all__ = ["SOCKET_NAME", "default_socket_path", "default_state_dir"]
 
@@ -23,6 +29,8 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
     runtime directory, then a per-uid directory under /tmp so two users never
     collide.
     """
+    from pathlib import Path  # noqa: PLC0415 (see the module docstring)
+
     env = os.environ if environ is None else environ
     runtime = env.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if runtime:
@@ -36,6 +44,8 @@ def default_socket_path(environ: Mapping[str, str] | None = None) -> Path:
 def default_state_dir(environ: Mapping[str, str] | None = None) -> Path | None:
     """systemd's ``StateDirectory=`` (the first listed), or none: without a
     state directory the daemon keeps nothing across restarts."""
+    from pathlib import Path  # noqa: PLC0415 (see the module docstring)
+
     env = os.environ if environ is None else environ
     state = env.get("STATE_DIRECTORY", "").split(":")[0]
     return Path(state) if state else None

@@ -7,13 +7,19 @@ come from ``cuprumd.discovery`` (nothing is sent before ``SO_PEERCRED``
 says the daemon is trusted), a request is one line sent in one
 ``sendmsg`` with any descriptors attached as ``SCM_RIGHTS``, and an error
 reply is raised as the ``ProtocolError`` subclass of its code.
+
+It uses the C modules under ``json`` and ``socket`` directly: their Python
+halves import ``re`` and ``enum``, which cost more than the whole command
+may take. ``_json`` is the accelerator ``json`` itself calls, so lines are
+encoded and decoded exactly as ``json.dumps``/``json.loads`` would.
 """
 
 from __future__ import annotations
 
-import json
+import _json
 import os
-import socket
+import sys
+from _socket import AF_UNIX, SCM_RIGHTS, SOCK_STREAM, SOL_SOCKET, socket
 
 from cuprumd.discovery import (
     UntrustedDaemon,
@@ -23,7 +29,18 @@ from cuprumd.discovery import (
 )
 from cuprumd.errors import PROTOCOL_ERRORS, ClientError, ProtocolError
 
-__all__ = ["FDS_FEATURE", "Connection", "DaemonUnavailable", "encode_line"]
+#: ``typing.TYPE_CHECKING`` without importing typing (mypy knows the name).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = [
+    "FDS_FEATURE",
+    "Connection",
+    "DaemonUnavailable",
+    "decode_line",
+    "encode_line",
+]
 
 #: The ``ping`` feature of a daemon that takes descriptors with a request.
 FDS_FEATURE = "fds"
@@ -34,15 +51,63 @@ class DaemonUnavailable(ClientError):
     """Nothing answers on the socket: not running, wrong path, no access."""
 
 
+def _unencodable(value: object) -> object:
+    msg = f"Object of type {type(value).__name__} is not JSON serializable"
+    raise TypeError(msg)
+
+
+def _encoder(escape: Callable[[str], str]) -> Callable[[object], str]:
+    sort_keys, skip_keys, allow_nan = False, False, True
+    encode = _json.make_encoder(
+        None, _unencodable, escape, None, ":", ",", sort_keys, skip_keys, allow_nan
+    )
+    return lambda doc: "".join(encode(doc, 0))
+
+
+#: ``json.dumps(doc, separators=(",", ":"))``, without and with ``ensure_ascii``.
+_dumps_utf8 = _encoder(_json.encode_basestring)
+_dumps_ascii = _encoder(_json.encode_basestring_ascii)
+
+
+class _Decoding:
+    """The options ``_json.make_scanner`` reads: ``json.loads``'s defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity
+
+
+_scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # duck-typed
+
+
+def decode_line(line: bytes) -> object:
+    """``json.loads`` of one line.
+
+    Raises
+    ------
+    ValueError
+        When the line is not one JSON value (or not UTF-8).
+    """
+    text = line.decode().strip(" \t\r\n")
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("not a JSON value") from None
+    if end != len(text):
+        raise ValueError("extra data after a JSON value")
+    return value
+
+
 def encode_line(doc: dict[str, object]) -> bytes:
     """One request line; lone surrogates (from undecodable arguments) are
     sent as JSON escapes, as ``cuprumd.protocol.encode_request`` does."""
     try:
-        return (
-            json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n"
-        ).encode()
+        return (_dumps_utf8(doc) + "\n").encode()
     except UnicodeEncodeError:
-        return (json.dumps(doc, separators=(",", ":")) + "\n").encode("ascii")
+        return (_dumps_ascii(doc) + "\n").encode("ascii")
 
 
 def _error(body: object) -> ClientError | ProtocolError:
@@ -64,7 +129,7 @@ class Connection:
     ) -> None:
         self.socket_path = discover_socket(socket_path)
         self._trusted = trusted_uids(daemon_user)
-        self._sock: socket.socket | None = None
+        self._sock: socket | None = None
         self._buffer = b""
         self._last_id = 0
 
@@ -80,11 +145,11 @@ class Connection:
         if sock is not None:
             sock.close()
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> socket:
         if self._sock is None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = socket(AF_UNIX, SOCK_STREAM)
             try:
-                sock.connect(str(self.socket_path))
+                sock.connect(self.socket_path)
                 check_daemon(sock, self.socket_path, self._trusted)
             except OSError as exc:
                 sock.close()
@@ -121,7 +186,12 @@ class Connection:
         doc.update(fields)
         line = encode_line(doc)
         try:
-            sent = socket.send_fds(sock, [line], list(fds.values())) if fds else 0
+            sent = 0
+            if fds:
+                rights = b"".join(
+                    fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds.values()
+                )
+                sent = sock.sendmsg([line], [(SOL_SOCKET, SCM_RIGHTS, rights)])
             sock.sendall(line[sent:])
         except BrokenPipeError:
             pass  # the daemon may have answered (frame_too_large) and closed
@@ -154,7 +224,7 @@ class Connection:
             msg = "the daemon closed the connection before replying"
             raise ClientError(msg)
         try:
-            reply = json.loads(line)
+            reply = decode_line(line)
         except ValueError:
             reply = None
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):

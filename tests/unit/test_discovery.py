@@ -18,12 +18,14 @@ from cuprumd.discovery import (
 UID = os.getuid()
 
 
-def find(tmp_path: Path, environ: dict[str, str], **kw: Path) -> Path:
-    return discover_socket(
-        None,
-        environ,
-        tmp=tmp_path / "tmp",
-        system_socket=kw.get("system", tmp_path / "run" / "cuprumd.sock"),
+def find(tmp_path: Path, environ: dict[str, str]) -> Path:
+    return Path(
+        discover_socket(
+            None,
+            environ,
+            tmp=str(tmp_path / "tmp"),
+            system_socket=str(tmp_path / "run" / "cuprumd.sock"),
+        )
     )
 
 
@@ -34,7 +36,8 @@ def shared_tmp(tmp_path: Path) -> Path:
 
 
 def test_a_named_socket_wins(shared_tmp: Path) -> None:
-    assert discover_socket("/x.sock", {}) == Path("/x.sock")
+    assert discover_socket("/x.sock", {}) == "/x.sock"
+    assert discover_socket(Path("/x.sock"), {}) == "/x.sock"
     env = {"CUPRUM_SOCKET": "/a.sock", "CUPRUM_SOCKET_PATH": "/b.sock"}
     assert find(shared_tmp, env) == Path("/a.sock")
     assert find(shared_tmp, {"CUPRUM_SOCKET_PATH": "/b.sock"}) == Path("/b.sock")
