@@ -1,12 +1,14 @@
 """What keeping jobs costs: the journal and spool against memory only.
 
-Two daemons side by side in one run, the same but for ``state_dir``:
+Two daemons side by side in one run, the same but for ``state_dir``,
+measured in alternating slices:
 submit + wait of ``true`` (p50, p99), jobs/s from 8 clients doing the same,
 and the journal's and spool's growth per 10,000 jobs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -85,27 +87,49 @@ def _growth(path: Path, state: Path, jobs: int) -> dict[str, float]:
 
 
 def run_all(*, quick: bool = False) -> dict[str, Any]:
-    count = 300 if quick else 2000
-    seconds = 3.0 if quick else 10.0
-    rows = []
+    """Both daemons run at once and are measured in alternating slices
+    (round trips, then 8-client windows), so a change in the machine's
+    load between two halves of the run cannot pass for the journal's cost."""
+    rounds = 6 if quick else 20
+    count = 50 if quick else 100
+    seconds = 0.5 if quick else 1.0
+    variants = ("memory", "journal")
+    rtt: dict[str, list[float]] = {v: [] for v in variants}
+    jobs: dict[str, float] = dict.fromkeys(variants, 0.0)
     growth: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="cuprumd-bench-state-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="cuprumd-bench-state-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         state = Path(tmp) / "state"
-        for variant, extra in (("memory", {}), ("journal", {"state_dir": str(state)})):
-            with daemon("auto", "auto", **extra) as (path, _pid):
-                _round_trips(path, 50)  # warm-up
-                rtt = _round_trips(path, count)
-                rate = _rate(path, 8, seconds)
-                if variant == "journal":
-                    growth = _growth(path, state, 1000 if quick else 10_000)
-            rows.append(
-                {
-                    "variant": variant,
-                    "p50_ms": statistics.median(rtt) * 1000,
-                    "p99_ms": rtt[int(len(rtt) * 0.99) - 1] * 1000,
-                    "jobs_per_s": rate,
-                }
-            )
+        extras: dict[str, dict[str, Any]] = {
+            "memory": {},
+            "journal": {"state_dir": str(state)},
+        }
+        paths = {
+            v: stack.enter_context(daemon("auto", "auto", **extras[v]))[0]
+            for v in variants
+        }
+        for path in paths.values():
+            _round_trips(path, 50)  # warm-up
+        for index in range(rounds):
+            order = variants if index % 2 == 0 else variants[::-1]
+            for variant in order:
+                rtt[variant] += _round_trips(paths[variant], count)
+            for variant in order:
+                jobs[variant] += _rate(paths[variant], 8, seconds) * seconds
+        growth = _growth(paths["journal"], state, 1000 if quick else 10_000)
+    rows = []
+    for variant in variants:
+        times = sorted(rtt[variant])
+        rows.append(
+            {
+                "variant": variant,
+                "p50_ms": statistics.median(times) * 1000,
+                "p99_ms": times[int(len(times) * 0.99) - 1] * 1000,
+                "jobs_per_s": jobs[variant] / (rounds * seconds),
+            }
+        )
     memory, journal = rows
     ratios = {
         "p50_ratio": journal["p50_ms"] / memory["p50_ms"],

@@ -164,6 +164,8 @@ class History:
 
     def full_result(self, job_id: str, meta: JobResult) -> JobResult:
         """A finished job's result with its output read back from the spool."""
+        if meta.output_bytes == 0:  # nothing was spooled: no file to open
+            return meta
         stdout, stderrs = self.spool.read(job_id, len(meta.stages))
         return with_output(meta, stdout, stderrs)
 
@@ -172,6 +174,7 @@ class History:
         if record.result is None:
             return None
         meta = JobResult.model_validate_json(record.result)
+        meta._output_bytes = record.output_bytes  # not part of the stored JSON
         return self.full_result(record.job_id, meta)
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ __all__ = [
     "OpenReport",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 END_STATES = frozenset(
     {"succeeded", "failed", "timed_out", "cancelled", "error", "lost"}
 )
@@ -73,6 +73,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX jobs_state ON jobs (state)",
         "CREATE INDEX jobs_finished_at ON jobs (finished_at)",
     ),
+    # Every index costs every job a write. What expiry reads is the
+    # unexpired finished jobs, oldest first, so only those are indexed;
+    # jobs a crash interrupted are found by one scan when the daemon starts.
+    (
+        "DROP INDEX jobs_state",
+        "DROP INDEX jobs_finished_at",
+        "CREATE INDEX jobs_unexpired ON jobs (finished_at, seq) "
+        "WHERE expired = 0 AND finished_at IS NOT NULL",
+    ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -92,6 +101,30 @@ _COLUMNS = (
     "accepted_at, started_at, finished_at, result, output_bytes, expired"
 )
 _UNFINISHED = ("queued", "running")
+# Both repeat the condition of the index ``jobs_unexpired`` word for word,
+# which is what lets SQLite use it.
+_AGED = (
+    "SELECT job_id, output_bytes FROM jobs "
+    "WHERE expired = 0 AND finished_at IS NOT NULL AND finished_at < ? "
+    "ORDER BY finished_at, seq"
+)
+_OLDEST = (
+    "SELECT job_id, output_bytes FROM jobs "
+    "WHERE expired = 0 AND finished_at IS NOT NULL ORDER BY finished_at, seq"
+)
+_INSERT_ACCEPTED = (
+    "INSERT INTO jobs (seq, job_id, uid, gid, detached, spec, argv0s, "
+    "state, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?) "
+    "ON CONFLICT (job_id) DO NOTHING"
+)
+_UPDATE_STARTED = (
+    "UPDATE jobs SET state = 'running', started_at = ? "
+    "WHERE job_id = ? AND state = 'queued'"
+)
+_UPDATE_FINISHED = (
+    "UPDATE jobs SET state = ?, result = ?, output_bytes = ?, "
+    "finished_at = ? WHERE job_id = ? AND state IN ('queued', 'running')"
+)
 
 
 @dataclass(frozen=True)
@@ -132,9 +165,13 @@ class _Unusable(Exception):
 class Journal:
     """Buffered writes, committed in batches; reads see the buffer."""
 
-    def __init__(self, conn: sqlite3.Connection, next_seq: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, next_seq: int, held: int) -> None:
         self._conn = conn
         self._next_seq = next_seq
+        #: ``output_bytes`` of unexpired records, as committed; kept by
+        #: each transaction, so no query has to add them up again.
+        self._held = held
+        self._held_in_transaction = held
         self._accepts: list[tuple[object, ...]] = []
         self._starts: list[tuple[float, str]] = []
         self._finishes: list[tuple[str, str, int, float, str]] = []
@@ -190,11 +227,12 @@ class Journal:
             jobs, last_seq = conn.execute(
                 "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM jobs"
             ).fetchone()
+            held = _sum_held(conn)
         except BaseException:
             conn.close()
             raise
         report = OpenReport(jobs=jobs, lost=lost, renamed_aside=None, problem=None)
-        return cls(conn, last_seq + 1), report
+        return cls(conn, last_seq + 1, held), report
 
     # -- buffered writes -----------------------------------------------------
 
@@ -323,10 +361,7 @@ class Journal:
     def output_bytes(self) -> int:
         """Spooled output the journal still vouches for (unexpired records)."""
         self.commit()
-        total: int = self._conn.execute(
-            "SELECT COALESCE(SUM(output_bytes), 0) FROM jobs WHERE expired = 0"
-        ).fetchone()[0]
-        return total
+        return self._held
 
     # -- retention -----------------------------------------------------------
 
@@ -349,34 +384,35 @@ class Journal:
             return []
         self._check_open()
         with self._transaction() as conn:
-            candidates = conn.execute(
-                "SELECT job_id, finished_at, output_bytes FROM jobs "
-                "WHERE expired = 0 AND finished_at IS NOT NULL "
-                "ORDER BY finished_at, seq"
-            ).fetchall()
-            expired: list[str] = []
-            keep: list[tuple[str, int]] = []
-            for job_id, finished_at, size in candidates:
-                if finished_before is not None and finished_at < finished_before:
-                    expired.append(job_id)
-                else:
-                    keep.append((job_id, size))
-            if max_output_bytes is not None:
-                total: int = conn.execute(
-                    "SELECT COALESCE(SUM(output_bytes), 0) FROM jobs "
-                    "WHERE expired = 0 AND finished_at IS NULL"
-                ).fetchone()[0]
-                total += sum(size for _, size in keep)
-                for job_id, size in keep:
-                    if total <= max_output_bytes:
+            expired: list[tuple[str, int]] = []
+            if finished_before is not None:
+                expired = conn.execute(_AGED, (finished_before,)).fetchall()
+                self._tombstone(conn, expired)
+            if (
+                max_output_bytes is not None
+                and self._held_in_transaction > max_output_bytes
+            ):
+                oldest = conn.execute(_OLDEST)
+                over = self._held_in_transaction - max_output_bytes
+                more: list[tuple[str, int]] = []
+                for job_id, size in oldest:
+                    if over <= 0:
                         break
-                    expired.append(job_id)
-                    total -= size
-            conn.executemany(
-                "UPDATE jobs SET expired = 1 WHERE job_id = ?",
-                [(job_id,) for job_id in expired],
-            )
-        return expired
+                    more.append((job_id, size))
+                    over -= size
+                oldest.close()
+                self._tombstone(conn, more)
+                expired += more
+        return [job_id for job_id, _ in expired]
+
+    def _tombstone(
+        self, conn: sqlite3.Connection, records: list[tuple[str, int]]
+    ) -> None:
+        conn.executemany(
+            "UPDATE jobs SET expired = 1 WHERE job_id = ?",
+            [(job_id,) for job_id, _ in records],
+        )
+        self._held_in_transaction -= sum(size for _, size in records)
 
     # -- upkeep --------------------------------------------------------------
 
@@ -415,33 +451,37 @@ class Journal:
         lets each kind go through one ``executemany``.
         """
         conn = self._conn
+        self._held_in_transaction = self._held
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT INTO jobs (seq, job_id, uid, gid, detached, spec, argv0s, "
-                "state, accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?) "
-                "ON CONFLICT (job_id) DO NOTHING",
-                self._accepts,
-            )
-            conn.executemany(
-                "UPDATE jobs SET state = 'running', started_at = ? "
-                "WHERE job_id = ? AND state = 'queued'",
-                self._starts,
-            )
-            conn.executemany(
-                "UPDATE jobs SET state = ?, result = ?, output_bytes = ?, "
-                "finished_at = ? WHERE job_id = ? AND state IN ('queued', 'running')",
-                self._finishes,
-            )
+            if self._accepts:
+                conn.executemany(_INSERT_ACCEPTED, self._accepts)
+            if self._starts:
+                conn.executemany(_UPDATE_STARTED, self._starts)
+            if self._finishes:
+                changed = conn.total_changes
+                conn.executemany(_UPDATE_FINISHED, self._finishes)
+                if conn.total_changes - changed == len(self._finishes):
+                    self._held_in_transaction += sum(f[2] for f in self._finishes)
+                else:  # some were no-ops (unknown or ended jobs): count afresh
+                    self._held_in_transaction = _sum_held(conn)
             yield conn
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._held = self._held_in_transaction
         self._accepts.clear()
         self._starts.clear()
         self._finishes.clear()
+
+
+def _sum_held(conn: sqlite3.Connection) -> int:
+    total: int = conn.execute(
+        "SELECT COALESCE(SUM(output_bytes), 0) FROM jobs WHERE expired = 0"
+    ).fetchone()[0]
+    return total
 
 
 def _errorcode(exc: sqlite3.Error) -> int | None:

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from cuprumd.journal import (
+    _AGED,
+    _MIGRATIONS,
+    _OLDEST,
     END_STATES,
     SCHEMA_VERSION,
     Journal,
@@ -128,7 +131,7 @@ def test_round_trip(journal: Journal) -> None:
 
 
 def test_constants() -> None:
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     assert "lost" in END_STATES
     assert "running" not in END_STATES
 
@@ -473,7 +476,60 @@ def test_schema_is_versioned_and_indexed(journal: Journal, path: Path) -> None:
         }
     finally:
         conn.close()
-    assert {"jobs_uid_seq", "jobs_state"} <= indexes
+    assert {"jobs_uid_seq", "jobs_unexpired"} <= indexes
+    assert not {"jobs_state", "jobs_finished_at"} & indexes  # version 1's
+
+
+def test_expiry_reads_only_the_unexpired_index(journal: Journal, path: Path) -> None:
+    """A sweep must not scan history: it walks the partial index."""
+    conn = sqlite3.connect(path)
+    try:
+        for query, args in ((_AGED, (T0,)), (_OLDEST, ())):
+            plan = " ".join(
+                str(row[-1])
+                for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", args)
+            )
+            assert "USING INDEX jobs_unexpired" in plan, plan
+    finally:
+        conn.close()
+
+
+def test_a_version_1_journal_is_migrated_with_its_jobs(path: Path) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in _MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO jobs (seq, job_id, uid, gid, detached, spec, argv0s, state, "
+        "accepted_at, finished_at, result, output_bytes) VALUES "
+        "(1, 'old', 7, 7, 1, '{}', '[]', 'succeeded', ?, ?, '{}', 11), "
+        "(2, 'cut', 7, 7, 1, '{}', '[]', 'running', ?, NULL, NULL, 0)",
+        (T0, T0 + 1, T0),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    j, report = open_journal(path, now=T0 + 5)
+    try:
+        assert report.problem is None
+        assert report.lost == ["cut"]
+        assert j.output_bytes() == 11
+        assert j.expire(finished_before=T0 + 2, max_output_bytes=None) == ["old"]
+        assert j.output_bytes() == 0
+    finally:
+        j.close()
+
+
+def test_held_bytes_survive_finishes_that_change_nothing(journal: Journal) -> None:
+    """A finish of an unknown or already finished job must not be counted."""
+    accept(journal, "a")
+    finish(journal, "a", at=T0, size=5)
+    finish(journal, "a", at=T0 + 1, size=7)  # a second end: ignored
+    finish(journal, "ghost", at=T0 + 1, size=9)
+    journal.commit()
+    assert journal.output_bytes() == 5
+    accept(journal, "b")
+    finish(journal, "b", at=T0 + 2, size=3)
+    assert journal.expire(finished_before=None, max_output_bytes=4) == ["a"]
+    assert journal.output_bytes() == 3
 
 
 def test_file_is_private_whatever_the_umask(path: Path) -> None:
