@@ -45,7 +45,7 @@ def _run_throughput(quick: bool, reps: int, label: str, *, plot: bool) -> list[A
         "1 MiB": 1 << 20,
         "1 KiB": 1024,
     }
-    pipe_size = throughput.deployed_options().pipe_size or 0
+    pipe_size = throughput.pipe_size_alone(throughput.deployed_options())
     rows = throughput.measure(sizes, reps)
     for row in rows:
         row["pipe_size"] = pipe_size

@@ -242,24 +242,27 @@ def peak_rss_under_load(path: Path, pid: int, jobs: int, size: int) -> dict[str,
     }
 
 
-def bench_pipe_size(*, unprivileged: bool) -> int:
-    """The inter-stage pipe size the daemons started here use: the default
-    settings but ``max_concurrent_jobs = 128``, on this machine's budget."""
+def bench_pipe_size(*, unprivileged: bool, jobs: int = 1) -> int:
+    """The inter-stage pipe size of the last of ``jobs`` concurrent 3-stage
+    jobs on the daemons started here (the default settings but
+    ``max_concurrent_jobs = 128``), on this machine's budget."""
     import dataclasses
 
-    from cuprumd.engine.pipesize import PipeBudget, inter_stage_pipe_size
+    from cuprumd.engine.pipesize import PipeBudget, PipeLedger
     from cuprumd.settings import Settings
 
     defaults = Settings()
     budget = PipeBudget.of_this_process()
     if unprivileged:
         budget = dataclasses.replace(budget, exempt=False)
-    return inter_stage_pipe_size(
-        defaults.pump_buffer_size,
-        jobs=128,
+    ledger = PipeLedger(
+        wanted=defaults.pump_buffer_size,
+        max_jobs=128,
         max_stages=defaults.max_stages,
         budget=budget,
     )
+    grants = [ledger.acquire(3) for _ in range(jobs)]
+    return grants[-1].size
 
 
 def run_all(*, quick: bool = False, user: int | None = None) -> dict[str, Any]:
@@ -336,7 +339,7 @@ def run_all(*, quick: bool = False, user: int | None = None) -> dict[str, Any]:
                 ],
             )
         )
-    pipe_size = bench_pipe_size(unprivileged=uid != 0)
+    pipe_size = bench_pipe_size(unprivileged=uid != 0, jobs=64)
     pipes = f"{pipe_size >> 10} KiB" if pipe_size else "the default 64 KiB"
     print(
         f"\nDaemon{who} RSS during 64 concurrent {big >> 20} MiB pipelines "

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cuprumd.backend import StreamBackend, is_rust_available
+from cuprumd.engine.pipesize import PipeLedger
 from cuprumd.models import JobResult, JobSpec
 from cuprumd.pipeline import RunOptions, execute
 from cuprumd.settings import Settings
@@ -61,8 +62,23 @@ def _spec(size: int) -> JobSpec:
 
 
 def deployed_options() -> RunOptions:
-    """A default daemon's job options, its pipe size decided for this uid."""
-    return RunOptions.from_settings(Settings())
+    """A default daemon's job options: its pipes shared out for this uid."""
+    settings = Settings()
+    ledger = PipeLedger(
+        wanted=settings.pump_buffer_size,
+        max_jobs=settings.max_concurrent_jobs,
+        max_stages=settings.max_stages,
+    )
+    return RunOptions.from_settings(settings, pipes=ledger)
+
+
+def pipe_size_alone(options: RunOptions, stages: int = 3) -> int:
+    """The inter-stage pipe size a job of ``stages`` stages gets alone."""
+    if options.pipes is None:
+        return options.pump_buffer_size
+    grant = options.pipes.acquire(stages)
+    options.pipes.release(grant)
+    return grant.size
 
 
 def _runner(

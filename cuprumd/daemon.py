@@ -25,6 +25,7 @@ from cuprumd import __version__, pipeline
 from cuprumd.backend import NATIVE_MODULE, StreamBackend, decide_stream_backend
 from cuprumd.containment import Guard, prepare_guard
 from cuprumd.engine.limits import raise_fd_limit
+from cuprumd.engine.pipesize import PipeLedger
 from cuprumd.errors import ConfigError, StartupError
 from cuprumd.history import History, open_history
 from cuprumd.jobs import Job, JobRegistry, Limits
@@ -82,12 +83,18 @@ class _JobRunner:
     ) -> None:
         self._backend = backend
         self._guard = guard
+        self._pipes = PipeLedger(
+            wanted=settings.pump_buffer_size,
+            max_jobs=settings.max_concurrent_jobs,
+            max_stages=settings.max_stages,
+        )
         self.options = self._options(settings)
 
     def _options(self, settings: Settings) -> pipeline.RunOptions:
         guard = self._guard
         return pipeline.RunOptions.from_settings(
             settings,
+            pipes=self._pipes,
             rlimits=guard.rlimits,
             user=guard.job_user,
             sandbox=guard.sandbox,
@@ -98,6 +105,11 @@ class _JobRunner:
         )
 
     def configure(self, settings: Settings) -> None:
+        self._pipes.configure(
+            wanted=settings.pump_buffer_size,
+            max_jobs=settings.max_concurrent_jobs,
+            max_stages=settings.max_stages,
+        )
         self.options = self._options(settings)
 
     async def __call__(self, job: Job) -> JobResult:

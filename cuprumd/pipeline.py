@@ -29,7 +29,7 @@ from cuprumd.engine.cgroup import JobCgroups
 from cuprumd.engine.environment import child_env
 from cuprumd.engine.launch import Containment, Launcher, StageLaunch, choose_launcher
 from cuprumd.engine.passed import STREAM_NAMES, StreamName
-from cuprumd.engine.pipesize import daemon_pipe_size
+from cuprumd.engine.pipesize import PipeGrant, PipeLedger
 from cuprumd.engine.plumbing import SpawnError, open_plumbing
 from cuprumd.engine.processes import JobProcessIndex, ProcessGroup
 from cuprumd.engine.sandbox import Ruleset, Sandbox
@@ -77,16 +77,16 @@ class RunOptions:
     The four job limits' defaults are defined here, once: the settings
     model takes them over as its own defaults.
 
-    ``pipe_size`` is what inter-stage pipes are grown to (0: not grown);
-    ``None`` grows them to ``pump_buffer_size`` (library use: no daemon
-    sharing the per-user pipe budget among its jobs).
+    ``pipes`` shares the per-user pipe budget among the daemon's jobs;
+    without it (library use) inter-stage pipes are grown to
+    ``pump_buffer_size``.
     """
 
     max_output_bytes: int = 16 << 20
     default_timeout: float = 300.0
     kill_grace_seconds: float = 5.0
     pump_buffer_size: int = 1 << 20
-    pipe_size: int | None = None
+    pipes: PipeLedger | None = None
     rlimits: tuple[tuple[int, int, int], ...] = ()
     user: tuple[int, int] | None = None
     sandbox: Sandbox | None = None
@@ -103,11 +103,6 @@ class RunOptions:
             default_timeout=settings.default_timeout,
             kill_grace_seconds=settings.kill_grace_seconds,
             pump_buffer_size=settings.pump_buffer_size,
-            pipe_size=daemon_pipe_size(
-                settings.pump_buffer_size,
-                jobs=settings.max_concurrent_jobs,
-                max_stages=settings.max_stages,
-            ),
             **means,
         )
 
@@ -143,6 +138,7 @@ class _Run:
         self.end_state: JobState | None = None
         self.fail_fast_stage: int | None = None
         self.kill_timer: asyncio.TimerHandle | None = None
+        self.pipe_grant: PipeGrant | None = None
 
     # -- spawning ---------------------------------------------------------
     def spawn(self) -> None:
@@ -166,12 +162,18 @@ class _Run:
     def _prepare(self, *, with_stdin: bool) -> tuple[Streams, ProcessGroup]:
         options = self.options
         passed, self.passed = self.passed, {}
-        pipe_size = options.pipe_size
-        links = open_plumbing(
-            len(self.job.stages), with_stdin=with_stdin,
-            pipe_size=options.pump_buffer_size if pipe_size is None else pipe_size,
-            passed=passed,
-        )  # fmt: skip
+        stages = len(self.job.stages)
+        pipe_size = options.pump_buffer_size
+        if options.pipes is not None:
+            self.pipe_grant = options.pipes.acquire(stages)
+            pipe_size = self.pipe_grant.size
+        try:
+            links = open_plumbing(
+                stages, with_stdin=with_stdin, pipe_size=pipe_size, passed=passed
+            )
+        except BaseException:
+            self._return_pipe_grant()
+            raise
         self.streams = streams = Streams(
             self.loop, links, self.backend,
             max_output_bytes=options.max_output_bytes,
@@ -309,6 +311,12 @@ class _Run:
             self.kill_timer.cancel()
         if streams is not None:
             streams.close()
+        self._return_pipe_grant()
+
+    def _return_pipe_grant(self) -> None:
+        grant, self.pipe_grant = self.pipe_grant, None
+        if grant is not None and self.options.pipes is not None:
+            self.options.pipes.release(grant)
 
     async def _release(self) -> None:
         contained = self.group is not None and await self.group.close()

@@ -10,16 +10,17 @@ process of that user did it. A user without ``CAP_SYS_RESOURCE`` or
 ``CAP_SYS_ADMIN`` over ``pipe-user-pages-soft`` (16384 pages, 64 MiB, by
 default) has ``F_SETPIPE_SZ`` refused with ``EPERM``, and every new pipe it
 creates gets 2 pages instead of 16; over ``pipe-user-pages-hard`` it gets
-no new pipes at all. An unprivileged daemon therefore sizes its pipes for
-the worst case it admits: ``max_concurrent_jobs`` jobs of ``max_stages``
-stages each, all their default-sized pipes counted, a quarter of the budget
-left for everything else of the user (the stages' own pipes, when they run
-as the daemon's user). Whatever is left is shared among the inter-stage
-pipes; if that does not reach a default pipe's size, nothing is grown.
+no new pipes at all. An unprivileged daemon therefore shares the budget
+among the jobs it runs: each job, as it starts, may grow its pipes with
+what is left once the pipes of the jobs running, the default pipes of
+every job that may still start (``max_concurrent_jobs`` jobs of
+``max_stages`` stages) and a quarter of the budget for everything else of
+the user (the stages' own pipes, when they run as the daemon's user) are
+counted. A job alone gets large pipes; a full daemon, default ones.
 
-``inter_stage_pipe_size`` is the rule (pure); ``PipeBudget.of_this_process``
-reads its inputs; ``grow_pipe`` applies it and says once when the kernel
-refuses.
+``job_pipe_grant`` is the rule (pure); ``PipeLedger`` keeps the tally of
+running jobs; ``PipeBudget.of_this_process`` reads the kernel's limits;
+``grow_pipe`` applies a size and says once when the kernel refuses.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from cuprumd.logging import get_logger
 __all__ = [
     "DEFAULT_PIPE_PAGES",
     "PipeBudget",
-    "daemon_pipe_size",
+    "PipeGrant",
+    "PipeLedger",
     "grow_pipe",
-    "inter_stage_pipe_size",
+    "job_pipe_grant",
 ]
 
 _log = get_logger("cuprumd.pipes")
@@ -89,41 +91,109 @@ class PipeBudget:
         )
 
 
-def inter_stage_pipe_size(
-    wanted: int, *, jobs: int, max_stages: int, budget: PipeBudget
-) -> int:
-    """The size to grow each inter-stage pipe to; 0 leaves them as they are.
+@dataclass(frozen=True)
+class PipeGrant:
+    """One job's share of the budget: its inter-stage pipes are grown to
+    ``size`` (0: left at the default), and ``pages`` are counted against
+    the budget until it ends: all its pipes, and never less than the slot
+    of a job of ``max_stages`` stages, since such a job may take its place
+    when it ends."""
+
+    size: int
+    pages: int
+
+
+def job_pipe_grant(
+    wanted: int,
+    *,
+    stages: int,
+    held_pages: int,
+    others: int,
+    max_stages: int,
+    budget: PipeBudget,
+) -> PipeGrant:
+    """How far a job of ``stages`` stages may grow its inter-stage pipes.
 
     ``wanted`` (``pump_buffer_size``) is capped at ``pipe-max-size`` and
     rounded down to a power of two pages, as the kernel would round it up.
     An exempt process, or a kernel without per-user limits, gets that. An
-    unprivileged one gets at most what keeps ``jobs`` concurrent jobs of
-    ``max_stages`` stages within three quarters of the per-user budget:
-    each such job holds ``3 * max_stages`` pipes at the default 16 pages,
-    ``2 * (max_stages - 1)`` of which (both ends of every pump) are grown.
+    unprivileged one counts, within three quarters of the per-user budget:
+    ``held_pages`` of the jobs already running, default pipes for the
+    ``others`` jobs that may still start beside this one (each of
+    ``max_stages`` stages, the worst case the settings admit), and this
+    job's own default pipes (``3 * stages``); what is left is shared among
+    its ``2 * (stages - 1)`` inter-stage pipes (both ends of every pump).
+    So a job alone on the daemon gets large pipes, and however jobs come
+    and go every admitted one still gets default-sized pipes (held pages
+    plus a slot per job that may still start stay within the three
+    quarters).
     """
     page = budget.page_size
-    default_size = DEFAULT_PIPE_PAGES * page
-    size = _pow2_floor(min(wanted, budget.max_size) // page) * page
-    if size <= default_size:
-        return 0
+    own = 3 * stages * DEFAULT_PIPE_PAGES
+    slot = 3 * max_stages * DEFAULT_PIPE_PAGES
+    grown = 2 * (stages - 1)
+    pages = _pow2_floor(min(wanted, budget.max_size) // page)
+    if pages <= DEFAULT_PIPE_PAGES or grown == 0:
+        return PipeGrant(0, max(own, slot))
     limit = budget.limit_pages
-    grown = jobs * 2 * (max_stages - 1)
-    if budget.exempt or limit == 0 or grown == 0:
-        return size
-    usable = limit - limit // _HEADROOM_PARTS
-    spare = usable - jobs * 3 * max_stages * DEFAULT_PIPE_PAGES
-    if spare <= 0:
-        return 0
-    fits = _pow2_floor(DEFAULT_PIPE_PAGES + spare // grown) * page
-    return min(size, fits) if fits > default_size else 0
-
-
-def daemon_pipe_size(wanted: int, *, jobs: int, max_stages: int) -> int:
-    """``inter_stage_pipe_size`` for this process, as the kernel sees it now."""
-    return inter_stage_pipe_size(
-        wanted, jobs=jobs, max_stages=max_stages, budget=PipeBudget.of_this_process()
+    if not (budget.exempt or limit == 0):
+        usable = limit - limit // _HEADROOM_PARTS
+        spare = usable - held_pages - others * slot - own
+        pages = min(pages, _pow2_floor(DEFAULT_PIPE_PAGES + spare // grown))
+        if pages <= DEFAULT_PIPE_PAGES:
+            return PipeGrant(0, max(own, slot))
+    return PipeGrant(
+        pages * page, max(own + grown * (pages - DEFAULT_PIPE_PAGES), slot)
     )
+
+
+class PipeLedger:
+    """The daemon's running jobs' shares of the per-user pipe budget.
+
+    The one owner of the tally: a job takes a grant when its pipes are made
+    and gives it back once they are closed. ``configure`` (start, reload)
+    re-reads the budget; grants already out keep their size.
+    """
+
+    def __init__(
+        self,
+        *,
+        wanted: int,
+        max_jobs: int,
+        max_stages: int,
+        budget: PipeBudget | None = None,
+    ) -> None:
+        self._held = 0
+        self._running = 0
+        self._fixed_budget = budget
+        self.configure(wanted=wanted, max_jobs=max_jobs, max_stages=max_stages)
+
+    def configure(self, *, wanted: int, max_jobs: int, max_stages: int) -> None:
+        self._wanted = wanted
+        self._max_jobs = max_jobs
+        self._max_stages = max_stages
+        self.budget = self._fixed_budget or PipeBudget.of_this_process()
+
+    @property
+    def held_pages(self) -> int:
+        return self._held
+
+    def acquire(self, stages: int) -> PipeGrant:
+        grant = job_pipe_grant(
+            self._wanted,
+            stages=stages,
+            held_pages=self._held,
+            others=max(0, self._max_jobs - self._running - 1),
+            max_stages=self._max_stages,
+            budget=self.budget,
+        )
+        self._held += grant.pages
+        self._running += 1
+        return grant
+
+    def release(self, grant: PipeGrant) -> None:
+        self._held -= grant.pages
+        self._running -= 1
 
 
 class _Refusals:

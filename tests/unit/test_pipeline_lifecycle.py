@@ -12,6 +12,7 @@ import pytest
 
 from cuprumd.backend import StreamBackend
 from cuprumd.engine.limits import raise_fd_limit
+from cuprumd.engine.pipesize import PipeBudget, PipeLedger
 from cuprumd.models import JobState
 from cuprumd.pipeline import RunOptions, execute
 from tests.helpers import (
@@ -178,6 +179,36 @@ def test_500_jobs_leak_no_fd_and_no_zombie(stream_backend: StreamBackend) -> Non
     asyncio.run(burst())
     assert open_fds() == before
     assert child_pids() == []
+
+
+def test_every_job_gives_its_pipe_grant_back(stream_backend: StreamBackend) -> None:
+    """Whatever way a job ends (success, a stage that cannot start, a
+    timeout, a cancelled task), its share of the pipe budget returns."""
+    budget = PipeBudget(16384, 0, 1 << 20, 4096, exempt=False)
+    ledger = PipeLedger(wanted=1 << 20, max_jobs=4, max_stages=3, budget=budget)
+    options = RunOptions(pipes=ledger, kill_grace_seconds=0.2)
+
+    async def scenario() -> None:
+        ok = await execute(job(["printf", "x"], ["cat"]), options, stream_backend)
+        assert ok.state is JobState.SUCCEEDED
+        missing = job(["true"], ["/nonexistent/program"])
+        assert (await execute(missing, options, stream_backend)).state is (
+            JobState.ERROR
+        )
+        slow = job(["sleep", "5"], ["cat"]).model_copy(update={"timeout": 0.2})
+        timed = await execute(slow, options, stream_backend)
+        assert timed.state is JobState.TIMED_OUT
+        task = asyncio.create_task(
+            execute(job(["sleep", "5"], ["cat"]), options, stream_backend)
+        )
+        await asyncio.sleep(0.2)
+        assert ledger.held_pages > 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert ledger.held_pages == 0
 
 
 @pytest.mark.slow

@@ -15,8 +15,10 @@ from cuprumd.engine import pipesize
 from cuprumd.engine.pipesize import (
     DEFAULT_PIPE_PAGES,
     PipeBudget,
+    PipeGrant,
+    PipeLedger,
     grow_pipe,
-    inter_stage_pipe_size,
+    job_pipe_grant,
 )
 from cuprumd.engine.plumbing import open_plumbing
 from cuprumd.pipeline import RunOptions
@@ -33,69 +35,118 @@ ROOT = PipeBudget(
 )
 
 
-def size(budget: PipeBudget, jobs: int, stages: int, wanted: int = MiB) -> int:
-    return inter_stage_pipe_size(wanted, jobs=jobs, max_stages=stages, budget=budget)
+def size(
+    budget: PipeBudget,
+    stages: int,
+    *,
+    others: int = 0,
+    held: int = 0,
+    max_stages: int = 16,
+    wanted: int = MiB,
+) -> int:
+    return job_pipe_grant(
+        wanted,
+        stages=stages,
+        held_pages=held,
+        others=others,
+        max_stages=max_stages,
+        budget=budget,
+    ).size
 
 
 def test_an_exempt_process_gets_what_it_asks_within_pipe_max_size() -> None:
-    assert size(ROOT, 4096, 256) == MiB
-    assert size(ROOT, 16, 16, wanted=8 * MiB) == MiB
+    assert size(ROOT, 256, others=4095, held=1 << 30) == MiB
+    assert size(ROOT, 3, wanted=8 * MiB) == MiB
     # The kernel rounds sizes up to a power of two pages: ask for less.
-    assert size(ROOT, 16, 16, wanted=MiB - 1) == 512 * KiB
-    assert size(ROOT, 1, 3, wanted=64 * KiB) == 0  # the default: nothing to grow
+    assert size(ROOT, 3, wanted=MiB - 1) == 512 * KiB
+    assert size(ROOT, 3, wanted=64 * KiB) == 0  # the default: nothing to grow
 
 
 def test_without_per_user_limits_nobody_is_limited() -> None:
     unlimited = PipeBudget(0, 0, MiB, PAGE, exempt=False)
-    assert size(unlimited, 4096, 256) == MiB
+    assert size(unlimited, 256, others=4095) == MiB
 
 
-def test_the_default_configuration_grows_nothing_unprivileged() -> None:
-    # 16 jobs x 16 stages hold 768 default pipes: 48 MiB of the 64 MiB,
-    # leaving nothing within three quarters of the budget to grow with.
-    assert size(UNPRIVILEGED, 16, 16) == 0
+def test_a_job_alone_on_a_default_daemon_grows_its_pipes() -> None:
+    # 15 more jobs of 16 stages may start: 720 default pipes (45 MiB) kept
+    # for them, 9 for this job, a quarter of the 64 MiB for the rest.
+    assert size(UNPRIVILEGED, 3, others=15) == 512 * KiB
+    assert size(UNPRIVILEGED, 3, others=0) == MiB
 
 
-def test_fewer_jobs_or_stages_leave_room_to_grow() -> None:
-    assert size(UNPRIVILEGED, 16, 4) == 256 * KiB
-    assert size(UNPRIVILEGED, 16, 8) == 128 * KiB
-    assert size(UNPRIVILEGED, 4, 3) == MiB
-    assert size(UNPRIVILEGED, 12, 3) == 512 * KiB
+def test_a_full_daemon_grows_nothing() -> None:
+    # The 16th job of 16 stages: the others hold their default pipes.
+    held = 15 * 3 * 16 * DEFAULT_PIPE_PAGES
+    assert size(UNPRIVILEGED, 16, others=0, held=held) == 0
+    # The others' growth counts too: what they took is not there to share.
+    assert size(UNPRIVILEGED, 3, others=0, held=12_100) == 0
+    assert size(UNPRIVILEGED, 3, others=0, held=11_000) == MiB
 
 
-def test_one_stage_jobs_have_no_inter_stage_pipe_to_count() -> None:
-    assert size(UNPRIVILEGED, 4096, 1) == MiB
+def test_one_stage_jobs_have_no_inter_stage_pipe_to_grow() -> None:
+    grant = job_pipe_grant(
+        MiB, stages=1, held_pages=0, others=0, max_stages=16, budget=UNPRIVILEGED
+    )
+    # Charged a whole slot: a 16-stage job may take its place.
+    assert grant == PipeGrant(size=0, pages=3 * 16 * DEFAULT_PIPE_PAGES)
 
 
 def test_the_lower_of_the_two_limits_counts() -> None:
     hard = PipeBudget(16384, 4096, MiB, PAGE, exempt=False)
-    assert size(hard, 4, 3) == 512 * KiB
-    assert size(hard, 4, 3) < size(UNPRIVILEGED, 4, 3)
+    assert size(hard, 3, others=12, max_stages=4) == 512 * KiB
+    assert size(UNPRIVILEGED, 3, others=12, max_stages=4) == MiB
 
 
 def test_large_pages_make_the_default_pipe_already_a_mebibyte() -> None:
     arm = PipeBudget(16384, 0, MiB, 65536, exempt=False)
-    assert size(arm, 1, 3) == 0
+    assert size(arm, 3) == 0
+
+
+def test_a_grant_counts_every_pipe_of_the_job() -> None:
+    grant = job_pipe_grant(
+        MiB, stages=3, held_pages=0, others=0, max_stages=16, budget=UNPRIVILEGED
+    )
+    page_count = MiB // PAGE
+    assert grant.size == MiB
+    assert grant.pages == 9 * DEFAULT_PIPE_PAGES + 4 * (page_count - 16)
 
 
 @pytest.mark.parametrize(
     "budget_pages", [1024, 16384, 65536, 1 << 20], ids=lambda p: f"{p}pages"
 )
-def test_the_worst_case_always_fits_three_quarters_of_the_budget(
-    budget_pages: int,
+@pytest.mark.parametrize("max_jobs", [1, 2, 5, 16, 128])
+@pytest.mark.parametrize("max_stages", [2, 3, 7, 16])
+def test_any_arrival_order_stays_within_three_quarters_of_the_budget(
+    budget_pages: int, max_jobs: int, max_stages: int
 ) -> None:
+    """Jobs of any size come and go; whatever was granted, every job that
+    may still start would find room for its default pipes."""
     budget = PipeBudget(budget_pages, 0, 16 * MiB, PAGE, exempt=False)
-    for jobs, stages in itertools.product((1, 2, 5, 16, 128, 4096), (2, 3, 7, 256)):
-        grown = size(budget, jobs, stages, wanted=16 * MiB)
-        if grown == 0:
+    ledger = PipeLedger(
+        wanted=16 * MiB, max_jobs=max_jobs, max_stages=max_stages, budget=budget
+    )
+    usable = budget_pages - budget_pages // 4
+    worst = max_jobs * 3 * max_stages * DEFAULT_PIPE_PAGES
+    running: list[PipeGrant] = []
+    sizes = itertools.cycle(range(1, max_stages + 1))
+    for step in range(4 * max_jobs):
+        if len(running) == max_jobs or (step % 3 == 2 and running):
+            ledger.release(running.pop(step % len(running)))
             continue
-        pages = grown // PAGE
-        assert pages > DEFAULT_PIPE_PAGES
-        assert pages & (pages - 1) == 0, "a power of two pages"
-        per_job = (3 * stages - 2 * (stages - 1)) * DEFAULT_PIPE_PAGES + 2 * (
-            stages - 1
-        ) * pages
-        assert jobs * per_job <= budget_pages * 3 // 4, (jobs, stages, grown)
+        grant = ledger.acquire(next(sizes))
+        running.append(grant)
+        pages = grant.size // PAGE
+        assert grant.size == 0 or (
+            pages > DEFAULT_PIPE_PAGES and pages & (pages - 1) == 0
+        )
+        free = max_jobs - len(running)
+        kept = free * 3 * max_stages * DEFAULT_PIPE_PAGES
+        assert ledger.held_pages == sum(g.pages for g in running)
+        if worst <= usable:  # a budget the settings can live within at all
+            assert ledger.held_pages + kept <= usable, (step, running)
+    for grant in running:
+        ledger.release(grant)
+    assert ledger.held_pages == 0
 
 
 def _proc(tmp_path: Path, cap_eff: int, uid_map: str) -> Path:
@@ -138,13 +189,13 @@ def test_unreadable_proc_means_no_privilege_and_kernel_defaults(
     assert (budget.soft_pages, budget.max_size, budget.exempt) == (0, MiB, False)
 
 
-def test_options_from_settings_carry_the_daemon_pipe_size() -> None:
-    settings = Settings(max_concurrent_jobs=4, max_stages=3)
-    options = RunOptions.from_settings(settings)
-    assert options.pipe_size == pipesize.daemon_pipe_size(
-        settings.pump_buffer_size, jobs=4, max_stages=3
+def test_options_carry_the_ledger_they_are_given() -> None:
+    ledger = PipeLedger(wanted=MiB, max_jobs=4, max_stages=3, budget=UNPRIVILEGED)
+    options = RunOptions.from_settings(
+        Settings(max_concurrent_jobs=4, max_stages=3), pipes=ledger
     )
-    assert RunOptions().pipe_size is None
+    assert options.pipes is ledger
+    assert RunOptions().pipes is None
 
 
 def _capacity(fd: int) -> int:
