@@ -33,6 +33,9 @@ JOURNAL_NAME = "journal.sqlite3"
 SWEEP_SECONDS = 1.0
 #: How long a job's start may wait to be committed with others.
 FLUSH_SECONDS = 0.05
+#: Expired jobs remembered as such ("expired", not "unknown"); older
+#: tombstones are deleted, so the journal does not grow without end.
+TOMBSTONES_KEPT = 100_000
 LOST_REASON = (
     "the daemon stopped while the job was queued or running; its processes "
     "were killed with it"
@@ -116,6 +119,7 @@ class History:
         for job_id in gone:
             self.spool.remove(job_id)
         self.held_bytes = self.journal.output_bytes()
+        self.journal.forget(keep=TOMBSTONES_KEPT)
         return gone
 
     # -- durability -----------------------------------------------------------
@@ -233,8 +237,7 @@ def open_history(
     spool = Spool(state_dir / "spool")
     history = History(journal, spool, journal_env, retention_seconds, max_bytes)
     history.expire()  # what aged out while the daemon was down
-    known = {r.job_id for r in journal.history(limit=2**62) if not r.expired}
-    removed = spool.keep_only(known)
+    removed = spool.keep_only(journal.unexpired_ids())
     if report.renamed_aside is not None:
         _log.error(
             "journal.unusable",

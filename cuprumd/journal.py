@@ -74,13 +74,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX jobs_finished_at ON jobs (finished_at)",
     ),
     # Every index costs every job a write. What expiry reads is the
-    # unexpired finished jobs, oldest first, so only those are indexed;
-    # jobs a crash interrupted are found by one scan when the daemon starts.
+    # unexpired finished jobs, oldest first, and compaction the oldest
+    # tombstones, so only those are indexed; jobs a crash interrupted are
+    # found by one scan when the daemon starts.
     (
         "DROP INDEX jobs_state",
         "DROP INDEX jobs_finished_at",
         "CREATE INDEX jobs_unexpired ON jobs (finished_at, seq) "
         "WHERE expired = 0 AND finished_at IS NOT NULL",
+        "CREATE INDEX jobs_tombstones ON jobs (seq) WHERE expired = 1",
     ),
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
@@ -165,13 +167,17 @@ class _Unusable(Exception):
 class Journal:
     """Buffered writes, committed in batches; reads see the buffer."""
 
-    def __init__(self, conn: sqlite3.Connection, next_seq: int, held: int) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, next_seq: int, held: int, tombstones: int
+    ) -> None:
         self._conn = conn
         self._next_seq = next_seq
         #: ``output_bytes`` of unexpired records, as committed; kept by
         #: each transaction, so no query has to add them up again.
         self._held = held
         self._held_in_transaction = held
+        self._tombstones = tombstones
+        self._tombstones_in_transaction = tombstones
         self._accepts: list[tuple[object, ...]] = []
         self._starts: list[tuple[float, str]] = []
         self._finishes: list[tuple[str, str, int, float, str]] = []
@@ -228,11 +234,14 @@ class Journal:
                 "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM jobs"
             ).fetchone()
             held = _sum_held(conn)
+            tombstones = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE expired = 1"
+            ).fetchone()[0]
         except BaseException:
             conn.close()
             raise
         report = OpenReport(jobs=jobs, lost=lost, renamed_aside=None, problem=None)
-        return cls(conn, last_seq + 1, held), report
+        return cls(conn, last_seq + 1, held, tombstones), report
 
     # -- buffered writes -----------------------------------------------------
 
@@ -413,8 +422,46 @@ class Journal:
             [(job_id,) for job_id, _ in records],
         )
         self._held_in_transaction -= sum(size for _, size in records)
+        self._tombstones_in_transaction += len(records)
 
     # -- upkeep --------------------------------------------------------------
+
+    @property
+    def tombstones(self) -> int:
+        """Expired records kept (as committed)."""
+        return self._tombstones
+
+    def forget(self, *, keep: int) -> int:
+        """Delete the oldest tombstones beyond ``keep``; how many went.
+
+        A forgotten job is unknown from then on, as if it never existed:
+        without this the journal would grow by every job ever run.
+        """
+        if keep < 0:
+            raise ValueError("keep must not be negative")
+        self._check_open()
+        if self._tombstones <= keep:
+            self.commit()
+            return 0
+        with self._transaction() as conn:
+            over = self._tombstones_in_transaction - keep
+            conn.execute(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs "
+                "WHERE expired = 1 ORDER BY seq LIMIT ?)",
+                (over,),
+            )
+            self._tombstones_in_transaction -= over
+        return over
+
+    def unexpired_ids(self) -> set[str]:
+        """Every job whose record is not a tombstone (its spool may exist)."""
+        self.commit()
+        return {
+            job_id
+            for (job_id,) in self._conn.execute(
+                "SELECT job_id FROM jobs WHERE expired = 0"
+            )
+        }
 
     def integrity_ok(self) -> bool:
         """A full check (slow on a big journal; quick_check runs at open)."""
@@ -452,6 +499,7 @@ class Journal:
         """
         conn = self._conn
         self._held_in_transaction = self._held
+        self._tombstones_in_transaction = self._tombstones
         conn.execute("BEGIN IMMEDIATE")
         try:
             if self._accepts:
@@ -472,6 +520,7 @@ class Journal:
                 conn.execute("ROLLBACK")
             raise
         self._held = self._held_in_transaction
+        self._tombstones = self._tombstones_in_transaction
         self._accepts.clear()
         self._starts.clear()
         self._finishes.clear()

@@ -457,6 +457,34 @@ def test_expired_records_stay_as_tombstones(journal: Journal) -> None:
     assert ids(journal.history(states={"succeeded"})) == ["e1"]
 
 
+def test_the_oldest_tombstones_are_forgotten_beyond_what_is_kept(
+    journal: Journal, path: Path
+) -> None:
+    finished_jobs(journal, [1, 1, 1, 1])
+    accept(journal, "live")
+    journal.expire(finished_before=T0 + 25, max_output_bytes=None)  # e0..e2
+    assert journal.tombstones == 3
+    assert journal.forget(keep=5) == 0
+    assert journal.forget(keep=1) == 2
+    assert journal.tombstones == 1
+    assert journal.get("e0") is None  # unknown now, not "expired"
+    assert journal.get("e2").expired is True  # type: ignore[union-attr]
+    assert journal.unexpired_ids() == {"e3", "live"}
+    journal.close()
+    again, _ = open_journal(path)  # the count is read back at open
+    try:
+        assert again.tombstones == 1
+        assert again.forget(keep=0) == 1
+        assert ids(again.history()) == ["e3", "live"]
+    finally:
+        again.close()
+
+
+def test_forgetting_keeps_a_non_negative_number(journal: Journal) -> None:
+    with pytest.raises(ValueError, match="keep"):
+        journal.forget(keep=-1)
+
+
 def test_expire_rejects_a_negative_budget(journal: Journal) -> None:
     with pytest.raises(ValueError, match="max_output_bytes"):
         journal.expire(finished_before=None, max_output_bytes=-1)
@@ -490,6 +518,11 @@ def test_expiry_reads_only_the_unexpired_index(journal: Journal, path: Path) -> 
                 for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", args)
             )
             assert "USING INDEX jobs_unexpired" in plan, plan
+        tombs = "SELECT seq FROM jobs WHERE expired = 1 ORDER BY seq LIMIT 5"
+        plan = " ".join(
+            str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {tombs}")
+        )
+        assert "jobs_tombstones" in plan, plan
     finally:
         conn.close()
 
