@@ -30,7 +30,7 @@ from benchmarks.report import svg_bars, table
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("throughput", "pacing", "daemon", "load", "cli", "journal", "pipe")
 #: What the unprivileged pass repeats: the tables the pipe budget can change.
-UNPRIVILEGED_GROUPS = ("throughput", "daemon")
+UNPRIVILEGED_GROUPS = ("throughput", "daemon", "pipe")
 
 
 def _who() -> str:
@@ -187,7 +187,8 @@ def run_unprivileged(
     ``python -m benchmarks`` as ``uid``. The daemon group stays here, its
     clients root, and starts every daemon as ``uid``: a process of that
     uid could not start the interpreter when it lives where ``uid``
-    cannot search (``daemon.as_user``)."""
+    cannot search (``daemon.as_user``). The pipe group does the same:
+    its daemons run as ``uid``, ``cuprumctl`` and the shell as root."""
     from benchmarks import daemon
 
     if shutil.which("setpriv") is None:
@@ -203,6 +204,10 @@ def run_unprivileged(
         results["throughput"] = child["throughput"]
     if "daemon" in groups:
         results["daemon"] = daemon.run_all(quick=quick, user=uid)
+    if "pipe" in groups:
+        from benchmarks import pipe
+
+        results["pipe"] = pipe.run_all(quick=quick, reps=reps, user=uid)
     return results
 
 

@@ -43,14 +43,16 @@ def daemon(
     with tempfile.TemporaryDirectory(prefix="cuprumd-bench-") as tmp:
         sock = Path(tmp) / "d.sock"
         config = Path(tmp) / "d.toml"
-        lines = [
-            f'socket_path = "{sock}"',
-            f'stream_backend = "{backend}"',
-            f'event_loop = "{event_loop}"',
-            'log_level = "warning"',
-            "max_concurrent_jobs = 128",
-            "max_queued_jobs = 1024",
-        ] + [f"{key} = {json.dumps(value)}" for key, value in extra.items()]
+        settings: dict[str, Any] = {
+            "socket_path": str(sock),
+            "stream_backend": backend,
+            "event_loop": event_loop,
+            "log_level": "warning",
+            "max_concurrent_jobs": 128,
+            "max_queued_jobs": 1024,
+            **extra,
+        }
+        lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
         config.write_text("\n".join(lines) + "\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CUPRUM_")}
         argv = [sys.executable, "-m", "cuprumd.cli", "serve", "--config", str(config)]
@@ -242,10 +244,12 @@ def peak_rss_under_load(path: Path, pid: int, jobs: int, size: int) -> dict[str,
     }
 
 
-def bench_pipe_size(*, unprivileged: bool, jobs: int = 1) -> int:
-    """The inter-stage pipe size of the last of ``jobs`` concurrent 3-stage
-    jobs on the daemons started here (the default settings but
-    ``max_concurrent_jobs = 128``), on this machine's budget."""
+def bench_pipe_size(
+    *, unprivileged: bool, jobs: int = 1, stages: int = 3, max_jobs: int = 128
+) -> int:
+    """The inter-stage pipe size of the last of ``jobs`` concurrent jobs of
+    ``stages`` stages on a daemon started here (the default settings but
+    ``max_concurrent_jobs = max_jobs``), on this machine's budget."""
     import dataclasses
 
     from cuprumd.engine.pipesize import PipeBudget, PipeLedger
@@ -257,11 +261,11 @@ def bench_pipe_size(*, unprivileged: bool, jobs: int = 1) -> int:
         budget = dataclasses.replace(budget, exempt=False)
     ledger = PipeLedger(
         wanted=defaults.pump_buffer_size,
-        max_jobs=128,
+        max_jobs=max_jobs,
         max_stages=defaults.max_stages,
         budget=budget,
     )
-    grants = [ledger.acquire(3) for _ in range(jobs)]
+    grants = [ledger.acquire(stages) for _ in range(jobs)]
     return grants[-1].size
 
 

@@ -74,8 +74,16 @@ class Channel:
             return data, fds
 
     async def send(self, data: bytes) -> None:
-        """All of ``data``, waiting while the client does not read."""
-        await self._loop.sock_sendall(self.sock, data)
+        """All of ``data``, waiting while the client does not read.
+
+        Most replies fit the socket buffer at once; trying ``send`` first
+        spares them the event loop's write machinery."""
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            await self._loop.sock_sendall(self.sock, memoryview(data)[sent:])
 
     def close(self) -> None:
         """Close, after discarding what the client sent that was never read

@@ -291,8 +291,7 @@ class _Run:
         group, streams = self.group, self.streams
         try:
             if group is not None and group.exits:
-                # wait(), unlike gather(), never cancels the futures it watches.
-                await asyncio.wait(group.exits)
+                await group.wait_exited()
                 group.sweep()
             if streams is not None:
                 await streams.drain(self.options.kill_grace_seconds + 1.0)

@@ -112,7 +112,11 @@ def _hung_up(fd: int) -> bool:
 @dataclass(eq=False)
 class Connection:
     """One client connection; ``pending`` holds a frame read ahead while a
-    ``run`` watched for hang-up, so it is served next, never lost."""
+    ``run`` watched for hang-up, so it is served next, never lost.
+
+    ``watcher`` is that hang-up watch, cancelled once the job ended but
+    possibly still unwinding: the reply need not wait for it, the next read
+    does."""
 
     frames: FrameReader
     channel: Channel
@@ -120,8 +124,17 @@ class Connection:
     task: asyncio.Task[None] | None = None
     busy: bool = False
     pending: object = field(default=_NOTHING)
+    watcher: asyncio.Task[None] | None = None
+
+    async def stop_watching(self) -> None:
+        """Return once no hang-up watch reads from the socket."""
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait({watcher})
 
     async def next_frame(self) -> Frame | None:
+        await self.stop_watching()
         frame, self.pending = self.pending, _NOTHING
         if frame is _NOTHING:
             return await self.frames.next()
@@ -364,7 +377,10 @@ class Server:
                 self._by_uid[conn.peer.uid] -= 1
                 if self._by_uid[conn.peer.uid] <= 0:
                     del self._by_uid[conn.peer.uid]
-                conn.close()
+                try:
+                    await conn.stop_watching()
+                finally:
+                    conn.close()
 
     async def _turn_away(
         self, channel: Channel, peer: Peer, refusal: ProtocolError
@@ -618,13 +634,16 @@ class Server:
             self._registry.forget(job)
 
     async def _outlasted_by_client(self, conn: Connection, job: Job) -> bool:
-        """Wait for the job; False if its client left first."""
+        """Wait for the job; False if its client left first. The hang-up
+        watch is left to unwind while the reply goes out (``Connection``)."""
+        if job.done.is_set():
+            return True
         watcher = asyncio.create_task(conn.hangup())
         finished = asyncio.create_task(job.done.wait())
         await asyncio.wait({watcher, finished}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (watcher, finished):
-            task.cancel()
-        await asyncio.wait({watcher, finished})  # the reader is free again
+        finished.cancel()
+        watcher.cancel()
+        conn.watcher = watcher
         return job.done.is_set()
 
     async def _feed_stdin(

@@ -106,6 +106,7 @@ class ProcessGroup:
         self.returncodes: list[int | None] = []
         self.exits: list[asyncio.Future[int]] = []
         self._swept = False
+        self._exited: asyncio.Future[None] | None = None
 
     @property
     def cgroup_fd(self) -> int | None:
@@ -150,6 +151,9 @@ class ProcessGroup:
         self.returncodes[index] = code
         if not future.done():
             future.set_result(code)
+        waiter = self._exited
+        if waiter is not None and not waiter.done() and self.all_exited:
+            waiter.set_result(None)
 
     # -- signals -------------------------------------------------------------
 
@@ -157,6 +161,16 @@ class ProcessGroup:
     def all_exited(self) -> bool:
         """Every started stage has exited (the leader may still be a zombie)."""
         return all(f.done() for f in self.exits)
+
+    async def wait_exited(self) -> None:
+        """Return once every stage started so far has exited: one wake-up
+        when the last one goes, not one per stage."""
+        while not self.all_exited:
+            self._exited = self._loop.create_future()
+            try:
+                await self._exited
+            finally:
+                self._exited = None
 
     def signal(self, sig: signal.Signals, *, sweeping: bool = False) -> None:
         """Signal the whole job, while any part of it may still run. The
@@ -204,8 +218,7 @@ class ProcessGroup:
         is left at all (its cgroup emptied); without a cgroup, a ``setsid``
         descendant may have escaped the sweep, so False.
         """
-        if not self.all_exited:
-            await asyncio.wait(self.exits)
+        await self.wait_exited()
         self.sweep()
         if self._cgroup is None:
             return False
