@@ -1,6 +1,7 @@
 """``cuprumctl`` as a pipe, and the pumps against pipes with no pump at all.
 
-Side by side in one run, median of ``reps``:
+Side by side in one run, every variant once per round in turns, median of
+``reps`` rounds:
 
 - the shell's ``head -c N /dev/zero | cat | cat | wc -c``;
 - the same with the middle through the daemon:
@@ -15,12 +16,14 @@ Side by side in one run, median of ``reps``:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +33,6 @@ from benchmarks.report import table
 GiB = 1 << 30
 #: The default ``max_concurrent_jobs``: what the pipe budget is shared for.
 MAX_JOBS = 16
-
-
-def _median(run: Any, reps: int) -> float:
-    return statistics.median(run() for _ in range(reps))
 
 
 def _timed_shell(script: str, env: dict[str, str] | None = None) -> float:
@@ -99,44 +98,57 @@ def run_all(
     *, quick: bool = False, reps: int = 5, user: int | None = None
 ) -> dict[str, Any]:
     """The two tables; with ``user`` (as root) the daemons run as that uid,
-    within its pipe budget, and ``cuprumctl`` is told to trust it."""
+    within its pipe budget, and ``cuprumctl`` is told to trust it. Every
+    variant runs once per round, in turns, so a change in the machine's
+    load between rounds hits them all alike."""
     size = (128 << 20) if quick else GiB
     reps = 2 if quick else reps
     ctl = str(Path(sys.executable).parent / "cuprumctl")
-    shell = _median(
-        lambda: _timed_shell(f"head -c {size} /dev/zero | cat | cat | wc -c"), reps
-    )
-    rows: list[dict[str, Any]] = [
-        {"variant": "shell: head | cat | cat | wc", "seconds": shell}
-    ]
-    limits: list[dict[str, Any]] = []
     # One job at a time on a default daemon: its pipes are what the budget
     # gives a 4-stage job alone (1 MiB as root).
     capacity = bench_pipe_size(
         unprivileged=user is not None, stages=4, max_jobs=MAX_JOBS
     ) or (64 << 10)
-    direct = _median(lambda: _direct(size, capacity), reps)
-    limits.append(
-        {
-            "variant": f"direct pipes ({capacity >> 10} KiB), no pump",
-            "seconds": direct,
-        }
-    )
-    for backend in ("python", "rust"):
-        with daemon(backend, "auto", user=user, max_concurrent_jobs=MAX_JOBS) as (
-            path,
-            _pid,
-        ):
+    shell_name = "shell: head | cat | cat | wc"
+    direct_name = f"direct pipes ({capacity >> 10} KiB), no pump"
+    runs: dict[str, Callable[[], float]] = {
+        shell_name: lambda: _timed_shell(
+            f"head -c {size} /dev/zero | cat | cat | wc -c"
+        ),
+        direct_name: lambda: _direct(size, capacity),
+    }
+    piped_names, pumped_names = [], []
+    with contextlib.ExitStack() as stack:
+        for backend in ("python", "rust"):
+            path = stack.enter_context(
+                daemon(backend, "auto", user=user, max_concurrent_jobs=MAX_JOBS)
+            )[0]
             env = {**os.environ, "CUPRUM_SOCKET": str(path)}
             if user is not None:
                 env["CUPRUM_DAEMON_USER"] = str(user)
             script = f"head -c {size} /dev/zero | {ctl} run -- cat '|' cat | wc -c"
-            piped = _median(lambda s=script, e=env: _timed_shell(s, e), reps)
-            name = f"cuprumctl run ({backend} pump)"
-            rows.append({"variant": name, "seconds": piped})
-            pumped = _median(lambda p=path: _pumped(p, size), reps)
-            name = f"daemon job, {backend} pumps"
-            limits.append({"variant": name, "seconds": pumped})
+            piped = f"cuprumctl run ({backend} pump)"
+            pumped = f"daemon job, {backend} pumps"
+            runs[piped] = lambda s=script, e=env: _timed_shell(s, e)
+            runs[pumped] = lambda p=path: _pumped(p, size)
+            piped_names.append(piped)
+            pumped_names.append(pumped)
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        order = list(runs)
+        for _ in range(reps):
+            for name in order:
+                samples[name].append(runs[name]())
+            order = order[1:] + order[:1]
+    median = {name: statistics.median(times) for name, times in samples.items()}
+    shell, direct = median[shell_name], median[direct_name]
+    rows: list[dict[str, Any]] = [
+        {"variant": name, "seconds": median[name]}
+        for name in (shell_name, *piped_names)
+    ]
+    limits: list[dict[str, Any]] = [
+        {"variant": name, "seconds": median[name]}
+        for name in (direct_name, *pumped_names)
+    ]
     for row in rows:
         row["mib_per_s"] = size / row["seconds"] / (1 << 20)
         row["vs_shell"] = shell / row["seconds"]
