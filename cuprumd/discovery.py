@@ -52,6 +52,16 @@ class UntrustedDaemon(ClientError):
     """The socket's peer is not a daemon this user trusts; nothing was sent."""
 
 
+def _normal(path: str) -> str:
+    """The path as ``pathlib`` would spell it (``a//./b/`` is ``a/b``, the
+    empty path is ``.``); ``..`` is kept, as a symlink may precede it."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    joined = "/".join(parts)
+    if path.startswith("/"):
+        return "/" + joined
+    return joined or "."
+
+
 def _private_tmp_dir(directory: str, uid: int) -> bool:
     """``/tmp/cuprumd-<uid>`` counts only as a real directory (not a
     symlink) of the user's own, mode 0700: anything else someone else may
@@ -83,11 +93,11 @@ def discover_socket(
     would cost it a quarter of its start-up."""
     env = os.environ if environ is None else environ
     if explicit is not None:
-        return os.fspath(explicit)
+        return _normal(os.fspath(explicit))
     for name in SOCKET_ENV_VARS:
         named = env.get(name, "").strip()
         if named:
-            return named
+            return _normal(named)
     uid = os.getuid()
     candidates = []
     runtime = env.get("XDG_RUNTIME_DIR", "").strip()

@@ -152,12 +152,15 @@ class _Run:
         try:
             streams, group = self._prepare(with_stdin=stdin is not None)
             self._start_stages(streams, group)
+            streams.start(stdin)
         except SpawnError as exc:
             self.error = str(exc)
-            if self.group is not None:
-                self.group.signal(signal.SIGKILL)
+        except Exception as exc:  # e.g. no thread left for a pump: a job error
+            self.error = f"cannot start the job: {type(exc).__name__}: {exc}"
+        else:
             return
-        streams.start(stdin)
+        if self.group is not None:
+            self.group.signal(signal.SIGKILL)
 
     def _prepare(self, *, with_stdin: bool) -> tuple[Streams, ProcessGroup]:
         options = self.options
@@ -174,12 +177,17 @@ class _Run:
         except BaseException:
             self._return_pipe_grant()
             raise
-        self.streams = streams = Streams(
-            self.loop, links, self.backend,
-            max_output_bytes=options.max_output_bytes,
-            buffer_size=options.pump_buffer_size, job_id=self.job_id,
-            streamer=self.streamer, spool=self.spool,
-        )  # fmt: skip
+        try:
+            self.streams = streams = Streams(
+                self.loop, links, self.backend,
+                max_output_bytes=options.max_output_bytes,
+                buffer_size=options.pump_buffer_size, job_id=self.job_id,
+                streamer=self.streamer, spool=self.spool,
+            )  # fmt: skip
+        except BaseException:
+            links.close_all()
+            self._return_pipe_grant()
+            raise
         try:
             cgroup = None if options.cgroups is None else options.cgroups.acquire()
             launcher = options.launcher or choose_launcher()[1]

@@ -11,7 +11,8 @@ reply is raised as the ``ProtocolError`` subclass of its code.
 It uses the C modules under ``json`` and ``socket`` directly: their Python
 halves import ``re`` and ``enum``, which cost more than the whole command
 may take. ``_json`` is the accelerator ``json`` itself calls, so lines are
-encoded and decoded exactly as ``json.dumps``/``json.loads`` would.
+encoded exactly as ``json.dumps`` writes them, and a UTF-8 line is read as
+``json.loads`` reads it (the protocol is UTF-8: no BOM, no UTF-16).
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ _scan = _json.make_scanner(_Decoding())  # type: ignore[arg-type]  # duck-typed
 
 
 def decode_line(line: bytes) -> object:
-    """``json.loads`` of one line.
+    """``json.loads`` of one UTF-8 line.
 
     Raises
     ------
     ValueError
         When the line is not one JSON value (or not UTF-8).
     """
-    text = line.decode().strip(" \t\r\n")
+    text = line.decode("utf-8", "surrogatepass").strip(" \t\r\n")
     try:
         value, end = _scan(text, 0)
     except StopIteration:

@@ -152,7 +152,11 @@ class PipeLedger:
 
     The one owner of the tally: a job takes a grant when its pipes are made
     and gives it back once they are closed. ``configure`` (start, reload)
-    re-reads the budget; grants already out keep their size.
+    re-reads the budget; grants already out keep their size. So a reload
+    that raises ``max_concurrent_jobs`` or ``max_stages`` is honoured as
+    the jobs started before it end: until then new jobs grow nothing, and
+    if the old jobs' pipes leave too little of the budget, the kernel gives
+    the new ones its 2-page pipes (slower, still correct).
     """
 
     def __init__(

@@ -43,6 +43,17 @@ def test_a_named_socket_wins(shared_tmp: Path) -> None:
     assert find(shared_tmp, {"CUPRUM_SOCKET_PATH": "/b.sock"}) == Path("/b.sock")
 
 
+@pytest.mark.parametrize(
+    "given",
+    ["/run/x/d.sock/", "/run//x/./d.sock", "run/../x/d.sock", "", ".", "a/", "//a"],
+)
+def test_named_sockets_are_spelt_as_pathlib_spells_them(given: str) -> None:
+    assert discover_socket(given, {}) == str(Path(given)).replace("//", "/")
+    assert discover_socket(None, {"CUPRUM_SOCKET": given or "."}) == str(
+        Path(given or ".")
+    ).replace("//", "/")
+
+
 def test_runtime_dir_then_system_socket(shared_tmp: Path) -> None:
     runtime = shared_tmp / "xdg"
     (runtime / "cuprumd").mkdir(parents=True)

@@ -13,6 +13,7 @@ import pytest
 from cuprumd.backend import StreamBackend
 from cuprumd.engine.limits import raise_fd_limit
 from cuprumd.engine.pipesize import PipeBudget, PipeLedger
+from cuprumd.engine.streams import Streams
 from cuprumd.models import JobState
 from cuprumd.pipeline import RunOptions, execute
 from tests.helpers import (
@@ -208,6 +209,34 @@ def test_every_job_gives_its_pipe_grant_back(stream_backend: StreamBackend) -> N
             await task
 
     asyncio.run(scenario())
+    assert ledger.held_pages == 0
+
+
+def test_a_fault_while_starting_streams_ends_the_job_and_frees_everything(
+    stream_backend: StreamBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not only a failed spawn: anything that fails while the job starts
+    (here: no thread left for a pump) is the job's error, and its stages,
+    descriptors and pipe grant are released as on any other end."""
+
+    def no_thread(self: Streams, stdin: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    budget = PipeBudget(16384, 0, 1 << 20, 4096, exempt=False)
+    ledger = PipeLedger(wanted=1 << 20, max_jobs=4, max_stages=3, budget=budget)
+    options = RunOptions(pipes=ledger, kill_grace_seconds=0.2)
+    spec = job(["sleep", "30"], ["cat"], ["cat"])
+    asyncio.run(run_async(stream_backend, job(["true"]), options))  # warm-up
+    before = open_fds()
+    monkeypatch.setattr(Streams, "start", no_thread)
+    started = time.monotonic()
+    result = asyncio.run(run_async(stream_backend, spec, options))
+    assert result.state is JobState.ERROR
+    assert result.error is not None
+    assert "can't start new thread" in result.error
+    assert time.monotonic() - started < 10  # the sleep was killed, not waited for
+    assert child_pids() == []
+    assert open_fds() == before
     assert ledger.held_pages == 0
 
 
