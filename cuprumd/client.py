@@ -120,7 +120,7 @@ def _result(line: bytes, expected_id: int) -> dict[str, Any]:
         raise ClientError(msg)
     try:
         reply = parse_reply(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past any reply
         msg = "the peer's reply is not a cuprumd reply"
         raise ClientError(msg) from None
     if reply.error is not None or not reply.ok:
@@ -176,7 +176,7 @@ def _event(line: bytes) -> OutputEvent | None:
     """The output event on a reply line, or None for a final reply."""
     try:
         reply = parse_reply(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past any reply
         return None
     if reply.event is None:
         return None

@@ -226,7 +226,7 @@ class Connection:
             raise ClientError(msg)
         try:
             reply = decode_line(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past any reply
             reply = None
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
             raise ClientError("the peer's reply is not a cuprumd reply")

@@ -4,14 +4,20 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cuprumd import wire
+from cuprumd.client import Client
+from cuprumd.errors import ClientError
 from cuprumd.wire import decode_line, encode_line
 
 SCALARS = (
@@ -84,3 +90,43 @@ def test_the_quick_path_imports_neither_json_nor_enum() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"[" * 100_000 + b"\n", b"\xef\xbb\xbf{}\n", b"not json\n", b'{"id": 1}\n'],
+    ids=["nested", "bom", "text", "no-ok"],
+)
+def test_a_peer_that_is_not_cuprumd_is_named_as_such(
+    tmp_path: Path, reply: bytes
+) -> None:
+    """Both clients say "not a cuprumd reply", whatever the peer sends:
+    no traceback, not even for nesting deeper than the interpreter's."""
+    path = tmp_path / "peer.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen()
+
+    def answer() -> None:
+        for _ in range(2):
+            conn, _addr = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(reply)
+
+    peer = threading.Thread(target=answer, daemon=True)
+    peer.start()
+    try:
+        with (
+            wire.Connection(path) as conn,
+            pytest.raises(ClientError, match="not a cuprumd reply"),
+        ):
+            conn.request("ping")
+        with (
+            Client(path, timeout=5) as client,
+            pytest.raises(ClientError, match="not a cuprumd reply"),
+        ):
+            client.ping()
+    finally:
+        peer.join(5)
+        server.close()
