@@ -170,22 +170,20 @@ class _Run:
         if options.pipes is not None:
             self.pipe_grant = options.pipes.acquire(stages)
             pipe_size = self.pipe_grant.size
+        links = None
         try:
             links = open_plumbing(
                 stages, with_stdin=with_stdin, pipe_size=pipe_size, passed=passed
             )
-        except BaseException:
-            self._return_pipe_grant()
-            raise
-        try:
             self.streams = streams = Streams(
                 self.loop, links, self.backend,
                 max_output_bytes=options.max_output_bytes,
                 buffer_size=options.pump_buffer_size, job_id=self.job_id,
                 streamer=self.streamer, spool=self.spool,
             )  # fmt: skip
-        except BaseException:
-            links.close_all()
+        except BaseException:  # nothing owns the pipes or the grant yet
+            if links is not None:
+                links.close_all()
             self._return_pipe_grant()
             raise
         try:
