@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +169,18 @@ def sandbox_round_trips(count: int, rounds: int = 5) -> dict[str, Any]:
     }
 
 
-def jobs_per_second(path: Path, clients: int, seconds: float) -> float:
+def _run_true(conn: Conn) -> None:
+    conn.call("run", job=TRUE_JOB)
+
+
+def jobs_per_second(
+    path: Path,
+    clients: int,
+    seconds: float,
+    one_job: Callable[[Conn], None] = _run_true,
+) -> float:
+    """Jobs per second from ``clients`` threads, each on its own connection
+    doing ``one_job`` (a ``run`` of ``true`` unless told) back to back."""
     done = [0] * clients
     stop = time.monotonic() + seconds
 
@@ -177,7 +188,7 @@ def jobs_per_second(path: Path, clients: int, seconds: float) -> float:
         conn = Conn(path)
         try:
             while time.monotonic() < stop:
-                conn.call("run", job=TRUE_JOB)
+                one_job(conn)
                 done[index] += 1
         finally:
             conn.close()

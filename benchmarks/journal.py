@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.daemon import TRUE_JOB, Conn, daemon
+from benchmarks.daemon import TRUE_JOB, Conn, daemon, jobs_per_second
 from benchmarks.report import table
 
 __all__ = ["run_all"]
@@ -38,27 +37,6 @@ def _round_trips(path: Path, count: int) -> list[float]:
     finally:
         conn.close()
     return sorted(times)
-
-
-def _rate(path: Path, clients: int, seconds: float) -> float:
-    done = [0] * clients
-    stop = time.monotonic() + seconds
-
-    def client(index: int) -> None:
-        conn = Conn(path)
-        try:
-            while time.monotonic() < stop:
-                _submit_wait(conn)
-                done[index] += 1
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(done) / seconds
 
 
 def _size(path: Path) -> int:
@@ -117,7 +95,9 @@ def run_all(*, quick: bool = False) -> dict[str, Any]:
             for variant in order:
                 rtt[variant] += _round_trips(paths[variant], count)
             for variant in order:
-                jobs[variant] += _rate(paths[variant], 8, seconds) * seconds
+                jobs[variant] += (
+                    jobs_per_second(paths[variant], 8, seconds, _submit_wait) * seconds
+                )
         growth = _growth(paths["journal"], state, 1000 if quick else 10_000)
     rows = []
     for variant in variants:
