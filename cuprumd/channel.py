@@ -73,15 +73,18 @@ class Channel:
                 raise BadRequest(msg)
             return data, fds
 
-    async def send(self, data: bytes) -> None:
-        """All of ``data``, waiting while the client does not read.
-
-        Most replies fit the socket buffer at once; trying ``send`` first
-        spares them the event loop's write machinery."""
+    def send_now(self, data: bytes) -> int:
+        """As much of ``data`` as the socket takes without waiting: most
+        replies fit its buffer at once, and need neither the event loop's
+        write machinery nor a timeout."""
         try:
-            sent = self.sock.send(data)
+            return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            sent = 0
+            return 0
+
+    async def send(self, data: bytes) -> None:
+        """All of ``data``, waiting while the client does not read."""
+        sent = self.send_now(data)
         if sent < len(data):
             await self._loop.sock_sendall(self.sock, memoryview(data)[sent:])
 

@@ -10,6 +10,8 @@ spawning anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 import secrets
 import time
@@ -105,6 +107,37 @@ class Limits:
         return self.max_queued_jobs if per_uid is None else per_uid
 
 
+class Finished(asyncio.Event):
+    """A job's end: an ``asyncio.Event`` that can also call back.
+
+    A client waiting for its job and for its own hang-up at once would
+    otherwise need a task per thing it waits for, and each costs event-loop
+    turns between the job's end and its reply.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once it is set (now, if it is)."""
+        if self.is_set():
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        """Forget ``callback`` if it has not been called (idempotent)."""
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+
 @dataclass(eq=False)
 class Job:
     """One accepted job. ``detached`` jobs (``submit``) outlive their
@@ -118,7 +151,7 @@ class Job:
     state: JobState = JobState.QUEUED
     result: JobResult | None = None
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Finished = field(default_factory=Finished)
     finished_at: float = 0.0
     #: Admission order and wall-clock time, for ``list``.
     seq: int = 0
@@ -171,6 +204,12 @@ def unstarted_result(
         )
     )
     return result.model_copy(update={"error": message})
+
+
+def _log_finished(job: Job, result: JobResult) -> None:
+    """``job.finished``, its fields gathered only when it is logged."""
+    if _log.is_enabled_for(logging.INFO):
+        _log.info("job.finished", **_finished_event(job, result))
 
 
 def _finished_event(job: Job, result: JobResult) -> dict[str, object]:
@@ -292,14 +331,15 @@ class JobRegistry:
             )
         for tally in self._tallies_of(uid):
             tally.accepted += 1
-        _log.info(
-            "job.accepted",
-            job_id=job.job_id,
-            argv0s=spec.argv0s,
-            detached=detached,
-            queued=not startable,
-            **peer.as_log(),
-        )
+        if _log.is_enabled_for(logging.INFO):  # spare a job the fields' cost
+            _log.info(
+                "job.accepted",
+                job_id=job.job_id,
+                argv0s=spec.argv0s,
+                detached=detached,
+                queued=not startable,
+                **peer.as_log(),
+            )
         if startable:
             self._start(job)
         else:
@@ -437,7 +477,7 @@ class JobRegistry:
                 self._retained[job.job_id] = job
                 self._retained_bytes += result.output_bytes
         job.done.set()
-        _log.info("job.finished", **_finished_event(job, result))
+        _log_finished(job, result)
 
     # -- queries ---------------------------------------------------------------
 

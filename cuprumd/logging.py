@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
 import structlog
 
@@ -23,6 +23,11 @@ _LEVELS = {
 }
 
 
+#: Bumped by every ``configure_logging``: a module's cached logger binds
+#: again, so a reload's new level and format reach loggers made before it.
+_generation = 0
+
+
 def configure_logging(
     log_format: Literal["auto", "json", "console"] = "auto",
     log_level: Literal["debug", "info", "warning", "error"] = "info",
@@ -31,6 +36,8 @@ def configure_logging(
     """Route structlog events (and stdlib warnings) to ``stream``: for a
     person at a terminal readable lines (``auto``), for journald and log
     collectors one JSON object per line."""
+    global _generation  # noqa: PLW0603 - one process-wide configuration
+    _generation += 1
     out = sys.stderr if stream is None else stream
     level = _LEVELS[log_level]
     renderer: structlog.types.Processor
@@ -67,9 +74,29 @@ def configure_logging(
     root.setLevel(level)
 
 
+class _ModuleLogger:
+    """A module's logger, bound once per configuration.
+
+    structlog's lazy proxy binds a new logger on every event unless it
+    caches the first one for good, which would keep a reloaded daemon on
+    its old level and format. A filtered-out event on a job's path then
+    cost more than the rest of admitting the job.
+    """
+
+    __slots__ = ("_bound", "_generation", "_name")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._bound: Any = None
+        self._generation = -1
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._generation != _generation:
+            self._bound = structlog.get_logger(logger_name=self._name).bind()
+            self._generation = _generation
+        return getattr(self._bound, attr)
+
+
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """Return a logger bound to the module that logs."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(
-        logger_name=name
-    )
-    return logger
+    return cast("structlog.typing.FilteringBoundLogger", _ModuleLogger(name))

@@ -14,6 +14,7 @@ import binascii
 import codecs
 import contextlib
 import errno
+import functools
 import os
 import select
 import socket
@@ -107,6 +108,27 @@ def _hung_up(fd: int) -> bool:
     poller = select.poll()
     poller.register(fd, 0)
     return any(events & _GONE for _fd, events in poller.poll(0))
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _ended_before_stirring(fd: int, job: Job) -> bool:
+    """Wait until the job ends or the client's socket turns readable; True
+    if the job ended (whether or not the socket stirred too)."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    wake = functools.partial(_resolve, woken)
+    job.done.add_callback(wake)
+    loop.add_reader(fd, wake)
+    try:
+        await woken
+    finally:
+        loop.remove_reader(fd)
+        job.done.remove_callback(wake)
+    return job.done.is_set()
 
 
 @dataclass(eq=False)
@@ -442,11 +464,13 @@ class Server:
             if reply is None:
                 return
             large = large or len(reply) > FREE_BYTES
+            sent = conn.channel.send_now(reply)
             try:
                 # A client that does not read its reply costs this one reply,
                 # and only for as long as an idle connection may live.
-                async with asyncio.timeout(idle):
-                    await conn.send(reply)
+                if sent < len(reply):
+                    async with asyncio.timeout(idle):
+                        await conn.send(reply[sent:])
             except TimeoutError:
                 _log.info("connection.stalled", seconds=idle, **conn.peer.as_log())
                 return
@@ -634,9 +658,17 @@ class Server:
             self._registry.forget(job)
 
     async def _outlasted_by_client(self, conn: Connection, job: Job) -> bool:
-        """Wait for the job; False if its client left first. The hang-up
-        watch is left to unwind while the reply goes out (``Connection``)."""
+        """Wait for the job; False if its client left first.
+
+        A client that waits in silence, the usual case, costs one callback
+        on its socket. Only when the socket stirs (a pipelined request, or a
+        hang-up) does a watch read ahead, left to unwind while the reply
+        goes out (``Connection``)."""
         if job.done.is_set():
+            return True
+        if conn.pending is _NOTHING and await _ended_before_stirring(
+            conn.channel.fd, job
+        ):
             return True
         watcher = asyncio.create_task(conn.hangup())
         finished = asyncio.create_task(job.done.wait())

@@ -107,8 +107,9 @@ class SocketPlumbing(Plumbing):
 #: Descriptors the daemon keeps per job slot once a slot was used (the
 #: slot's cgroup and sandbox ruleset): bounded by max_concurrent_jobs.
 SLOT_CACHE = ("anon_inode:[landlock-ruleset]",)
-#: A job slot's cgroup directory, kept open to start stages inside it.
-SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+$")
+#: A job slot's cgroup directory, kept open to start stages inside it, and
+#: its ``cgroup.events``, read at every job's end.
+SLOT_DIR = re.compile(r"/cuprumd-[0-9a-f]+/slot-\d+(/cgroup\.events)?$")
 
 
 def fd_count(pid: int) -> int:

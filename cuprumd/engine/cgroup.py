@@ -20,6 +20,7 @@ daemon's layout and the classes that do the work.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -82,9 +83,10 @@ class JobCgroup:
         self.path = path
         self.fd = fd
         self._pool = pool
-        # Paths kept as strings: kill and populated run once per job.
+        # Kept as a string: kill runs once per job that leaves something.
         self._kill_file = str(path / "cgroup.kill")
-        self._events_file = str(path / "cgroup.events")
+        # Read at every job's end: held open, read again from offset 0.
+        self._events = os.open("cgroup.events", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd)
         self._closed = False
         self._removed = False
         self.killed = False
@@ -97,10 +99,13 @@ class JobCgroup:
     def populated(self) -> bool:
         """Whether any process of the job is still alive (zombies aside)."""
         try:
-            with open(self._events_file, "rb") as events:
-                return _populated(events.read().decode())
-        except FileNotFoundError:
-            return False
+            if self._events < 0:  # closed, perhaps left behind: ask by path
+                return _populated(_read(self.path / "cgroup.events"))
+            return _populated(os.pread(self._events, 512, 0).decode())
+        except OSError as exc:  # removed: nothing can be in it
+            if exc.errno in (errno.ENOENT, errno.ENODEV):
+                return False
+            raise
 
     def pids(self) -> list[int]:
         """Every process of the job, including any in cgroups it made."""
@@ -127,7 +132,8 @@ class JobCgroup:
             return True
         if self.fd >= 0:
             os.close(self.fd)
-            self.fd = -1
+            os.close(self._events)
+            self.fd = self._events = -1
         if emptied:
             self._removed = _remove_tree(self.path)
         if not self._removed:
@@ -283,7 +289,12 @@ class JobCgroups:
         except OSError:
             _remove_tree(path)
             raise
-        return JobCgroup(path, fd)
+        try:
+            return JobCgroup(path, fd)
+        except OSError:
+            os.close(fd)
+            _remove_tree(path)
+            raise
 
     def acquire(self) -> JobCgroup:
         """An empty cgroup for the next job: a recycled one when there is

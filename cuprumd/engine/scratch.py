@@ -50,13 +50,18 @@ class JobScratch:
     """
 
     def __init__(
-        self, space: ScratchSpace, path: Path, ruleset: Ruleset | None = None
+        self,
+        space: ScratchSpace,
+        path: Path,
+        ruleset: Ruleset | None = None,
+        *,
+        stamp: int | None = None,
     ) -> None:
         self.path = path
         self.ruleset = ruleset
         self._space = space
         self._held = True
-        self._stamp = _ctime(path)
+        self._stamp = _ctime(path) if stamp is None else stamp
         self._generation = space.generation
 
     def release(self, *, reusable: bool) -> None:
@@ -79,7 +84,7 @@ class JobScratch:
             if ruleset is not None and self._generation != self._space.generation:
                 ruleset.close()  # built from a sandbox that was replaced
                 ruleset = None
-            self._space.recycle(self.path, ruleset)
+            self._space.recycle(self.path, ruleset, self._stamp)
             return
         if self.ruleset is not None:
             self.ruleset.close()
@@ -138,7 +143,7 @@ class ScratchSpace:
         while self._free:
             path, ruleset, stamp = self._free.pop()
             if _ctime(path) == stamp:
-                return JobScratch(self, path, ruleset)
+                return JobScratch(self, path, ruleset, stamp=stamp)
             if ruleset is not None:
                 ruleset.close()
             self.discard(path)
@@ -157,9 +162,10 @@ class ScratchSpace:
                 ruleset.close()
         self._free = [(path, None, stamp) for path, _ruleset, stamp in self._free]
 
-    def recycle(self, path: Path, ruleset: Ruleset | None) -> None:
-        """Take back an untouched directory whose job is certainly over."""
-        self._free.append((path, ruleset, _ctime(path)))
+    def recycle(self, path: Path, ruleset: Ruleset | None, stamp: int) -> None:
+        """Take back an untouched directory whose job is certainly over;
+        ``stamp`` is its status-change time, just seen unchanged."""
+        self._free.append((path, ruleset, stamp))
 
     def discard(self, path: Path) -> None:
         """Rename ``path`` aside now; remove it on the worker thread."""

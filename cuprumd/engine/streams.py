@@ -124,7 +124,7 @@ class Streams:
         """
         pending: list[asyncio.Future[Any]] = [t.done for t in self.transfers]
         pending += [c.done for c in self._captures()]
-        if pending:
+        if not all(done.done() for done in pending):
             await asyncio.wait(pending, timeout=grace)
 
     def close(self) -> None:

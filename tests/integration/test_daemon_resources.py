@@ -88,6 +88,23 @@ def quiet_table(pid: int) -> dict[str, str]:
     return table
 
 
+def fill_pools(daemon: Daemon) -> None:
+    """Run as many jobs at once as the daemon admits: its idle cgroup slots
+    and scratch directories (with their rulesets) reach the number no later
+    burst can pass, however its jobs happen to overlap."""
+    with daemon.connect() as conn:
+        ids = [
+            conn.request({"op": "submit", "job": job(["sleep", "0.3"])})["result"][
+                "job_id"
+            ]
+            for _ in range(DAEMON_SETTINGS["max_concurrent_jobs"])
+        ]
+        for job_id in ids:
+            assert conn.request({"op": "wait", "job_id": job_id})["result"][
+                "state"
+            ] == ("succeeded")
+
+
 def burst(daemon: Daemon) -> None:
     with daemon.connect() as conn:
         for n, (spec, state) in enumerate(JOBS * 3):
@@ -124,6 +141,7 @@ def test_a_burst_of_jobs_leaks_no_fd_and_no_process(
     daemon: Daemon, stream_backend: StreamBackend
 ) -> None:
     pid = daemon.proc.pid
+    fill_pools(daemon)
     burst(daemon)  # warm-up: whatever the daemon opens once is open now
     assert wait_for(lambda: settled(daemon), timeout=10)
     before = quiet_table(pid)

@@ -37,3 +37,18 @@ def test_auto_is_console_lines_at_a_terminal() -> None:
     configure_logging("json", "info", stream=out)
     get_logger("t").info("forced")
     assert json.loads(out.getvalue().splitlines()[-1])["event"] == "forced"
+
+
+def test_a_logger_made_before_a_reload_follows_the_new_configuration() -> None:
+    """Module loggers are made at import; a reload must still reach them."""
+    first, second = io.StringIO(), io.StringIO()
+    log = get_logger("t")
+    configure_logging("json", "warning", stream=first)
+    log.info("filtered")
+    log.warning("kept", n=1)
+    configure_logging("json", "info", stream=second)
+    log.info("now.kept")
+    assert [json.loads(line)["event"] for line in first.getvalue().splitlines()] == [
+        "kept"
+    ]
+    assert json.loads(second.getvalue())["event"] == "now.kept"
