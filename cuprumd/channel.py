@@ -15,7 +15,6 @@ import os
 import socket
 
 from cuprumd.errors import BadRequest
-from cuprumd.fdio import ready
 
 __all__ = ["MAX_FDS_PER_MESSAGE", "Channel"]
 
@@ -43,6 +42,44 @@ class Channel:
         self.sock = sock
         self.fd = sock.fileno()
         self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._watching = False
+
+    def wake_when_readable(self, waiter: asyncio.Future[None]) -> None:
+        """Resolve ``waiter`` once the socket has something to read (or the
+        client left).
+
+        The socket stays registered with the event loop between waits, so
+        a conversation registers it once rather than for every request and
+        every job it waits on (with uvloop each registration costs several
+        system calls). It is dropped only when it turns readable with
+        nobody waiting, and taken up again by the next wait.
+        """
+        self._waiter = waiter
+        if not self._watching:
+            self._loop.add_reader(self.fd, self._on_readable)
+            self._watching = True
+
+    def stop_waking(self, waiter: asyncio.Future[None]) -> None:
+        """``waiter`` no longer wants to hear of the socket (idempotent)."""
+        if self._waiter is waiter:
+            self._waiter = None
+
+    def _on_readable(self) -> None:
+        waiter = self._waiter
+        if waiter is None:  # level-triggered: it would fire until read
+            self._loop.remove_reader(self.fd)
+            self._watching = False
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    async def _readable(self) -> None:
+        waiter = self._loop.create_future()
+        self.wake_when_readable(waiter)
+        try:
+            await waiter
+        finally:
+            self.stop_waking(waiter)
 
     async def receive(self, size: int) -> tuple[bytes, list[int]]:
         """Up to ``size`` bytes and the descriptors sent with them;
@@ -60,7 +97,7 @@ class Channel:
                     size, _ANCILLARY, socket.MSG_CMSG_CLOEXEC
                 )
             except (BlockingIOError, InterruptedError):
-                await ready(self._loop, self.fd, write=False)
+                await self._readable()
                 continue
             fds = _descriptors(ancillary)
             if flags & socket.MSG_CTRUNC:
@@ -92,6 +129,9 @@ class Channel:
         """Close, after discarding what the client sent that was never read
         (up to ``DISCARD_BYTES``): closing over unread bytes would reset the
         connection, and the client could lose the last reply it was sent."""
+        if self._watching:
+            self._loop.remove_reader(self.fd)
+            self._watching = False
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
             discarded = 0

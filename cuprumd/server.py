@@ -115,18 +115,17 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def _ended_before_stirring(fd: int, job: Job) -> bool:
+async def _ended_before_stirring(channel: Channel, job: Job) -> bool:
     """Wait until the job ends or the client's socket turns readable; True
     if the job ended (whether or not the socket stirred too)."""
-    loop = asyncio.get_running_loop()
-    woken: asyncio.Future[None] = loop.create_future()
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     wake = functools.partial(_resolve, woken)
     job.done.add_callback(wake)
-    loop.add_reader(fd, wake)
+    channel.wake_when_readable(woken)
     try:
         await woken
     finally:
-        loop.remove_reader(fd)
+        channel.stop_waking(woken)
         job.done.remove_callback(wake)
     return job.done.is_set()
 
@@ -666,9 +665,7 @@ class Server:
         goes out (``Connection``)."""
         if job.done.is_set():
             return True
-        if conn.pending is _NOTHING and await _ended_before_stirring(
-            conn.channel.fd, job
-        ):
+        if conn.pending is _NOTHING and await _ended_before_stirring(conn.channel, job):
             return True
         watcher = asyncio.create_task(conn.hangup())
         finished = asyncio.create_task(job.done.wait())
