@@ -29,17 +29,6 @@ def errno_name(number: int | None) -> str:
     return errno.errorcode.get(number or 0, str(number))
 
 
-_NULL_INPUT: list[int] = []
-
-
-def _null_input() -> int:
-    """``/dev/null`` for reading, opened once: every job without input gets
-    it as its first stage's stdin, and it is never closed."""
-    if not _NULL_INPUT:
-        _NULL_INPUT.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    return _NULL_INPUT[0]
-
-
 class Plumbing:
     """Every descriptor of one job, and which of them the runner still owns.
 
@@ -67,7 +56,9 @@ class Plumbing:
             elif with_stdin:
                 self.stdin = self._pipe()
             else:
-                self.stdin = (_null_input(), -1)
+                null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                self._owned.add(null)
+                self.stdin = (null, -1)
             self.out = [self._pipe(pipe_size) for _ in range(stages - 1)]
             self.out.append(
                 (-1, given["stdout"]) if "stdout" in given else self._pipe()
