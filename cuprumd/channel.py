@@ -53,7 +53,8 @@ class Channel:
         a conversation registers it once rather than for every request and
         every job it waits on (with uvloop each registration costs several
         system calls). It is dropped only when it turns readable with
-        nobody waiting, and taken up again by the next wait.
+        nobody waiting, and taken up again by the next wait. One waiter at
+        a time: a conversation either reads or watches its socket.
         """
         self._waiter = waiter
         if not self._watching:
