@@ -463,6 +463,7 @@ class Server:
             if reply is None:
                 return
             large = large or len(reply) > FREE_BYTES
+            await self._journaled()
             sent = conn.channel.send_now(reply)
             try:
                 # A client that does not read its reply costs this one reply,
@@ -477,6 +478,17 @@ class Server:
             if large:
                 self._heap.after_large()
             conn.busy = False
+
+    async def _journaled(self) -> None:
+        """Wait for the journal's pending commit, if there is one: a reply
+        may tell of a job's end (``status``, ``wait``, ``list``, a ``run``'s
+        result), and a crash must not take back what a client was told. A
+        conversation that never waits for its client (each request already
+        there when the last reply went out) would otherwise never let the
+        end-of-turn commit run. A commit that failed was logged; the reply
+        still goes."""
+        with contextlib.suppress(Exception):
+            await self._registry.durable()
 
     async def _dispatch(self, conn: Connection, frame: Frame) -> bytes | None:
         """The reply to one frame, or ``None`` when the client left."""

@@ -221,17 +221,17 @@ def test_results_expire_by_age_and_by_size(home: Home) -> None:
     with daemon.connect() as conn:
         old = submit(conn, ["printf", "old"])
         time.sleep(1.0)
-        big = [
-            submit(conn, ["head", "-c", str(400 << 10), "/dev/zero"]) for _ in range(3)
-        ]
-        assert wait_for(
-            lambda: (
-                conn.request({"op": "status", "job_id": big[-1]})
-                .get("result", {})
-                .get("state")
-                == "succeeded"
+        big: list[str] = []
+        for _ in range(3):  # one after another: "oldest" must be unambiguous
+            big.append(submit(conn, ["head", "-c", str(400 << 10), "/dev/zero"]))
+            assert wait_for(
+                lambda: (
+                    conn.request({"op": "status", "job_id": big[-1]})
+                    .get("result", {})
+                    .get("state")
+                    == "succeeded"
+                )
             )
-        )
         gone = conn.request({"op": "wait", "job_id": old})
         assert gone["error"]["code"] == "not_found"
         assert "expired" in gone["error"]["message"]
