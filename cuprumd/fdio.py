@@ -23,6 +23,7 @@ __all__ = [
     "StreamFeeder",
     "close_quietly",
     "ready",
+    "wake",
 ]
 
 _READ_SIZE = 256 * 1024
@@ -183,7 +184,9 @@ class Feeder:
 Deliver = Callable[[bytes | None], Awaitable[None]]
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
+def wake(waiter: asyncio.Future[None]) -> None:
+    """Resolve ``waiter`` unless it already is (a readiness callback may
+    fire again before its waiter runs)."""
     if not waiter.done():
         waiter.set_result(None)
 
@@ -192,9 +195,9 @@ async def ready(loop: asyncio.AbstractEventLoop, fd: int, *, write: bool) -> Non
     """Wait until ``fd`` can be read (or written) without blocking."""
     waiter: asyncio.Future[None] = loop.create_future()
     if write:
-        loop.add_writer(fd, _wake, waiter)
+        loop.add_writer(fd, wake, waiter)
     else:
-        loop.add_reader(fd, _wake, waiter)
+        loop.add_reader(fd, wake, waiter)
     try:
         await waiter
     finally:

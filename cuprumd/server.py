@@ -39,7 +39,7 @@ from cuprumd.errors import (
     Internal,
     ProtocolError,
 )
-from cuprumd.fdio import ChunkQueue, Deliver
+from cuprumd.fdio import ChunkQueue, Deliver, wake
 from cuprumd.frames import FREE_BYTES, Frame, FrameBudget, FrameReader
 from cuprumd.jobs import Job, JobRegistry
 from cuprumd.listener import Listener
@@ -110,23 +110,18 @@ def _hung_up(fd: int) -> bool:
     return any(events & _GONE for _fd, events in poller.poll(0))
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 async def _ended_before_stirring(channel: Channel, job: Job) -> bool:
     """Wait until the job ends or the client's socket turns readable; True
     if the job ended (whether or not the socket stirred too)."""
     woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    wake = functools.partial(_resolve, woken)
-    job.done.add_callback(wake)
+    on_end = functools.partial(wake, woken)
+    job.done.add_callback(on_end)
     channel.wake_when_readable(woken)
     try:
         await woken
     finally:
         channel.stop_waking(woken)
-        job.done.remove_callback(wake)
+        job.done.remove_callback(on_end)
     return job.done.is_set()
 
 
