@@ -7,7 +7,10 @@ The deployed daemon is an unprivileged user, held to the per-user pipe
 budget that root is exempt from. Run as root with ``--unprivileged-uid``
 (``make bench`` passes 65534), the throughput and daemon groups run a
 second time as that uid (``setpriv``), their tables labelled, followed by
-one table setting the two throughputs side by side.
+one table setting the two throughputs side by side. The ``budget`` group
+(root with ``--unprivileged-uid``) runs 64 concurrent pipelines on a root
+daemon and on one of that uid; ``--pipe-budget PAGES`` adds a third daemon
+of that uid with the machine's per-user pipe limit raised for its run.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ from benchmarks import throughput
 from benchmarks.report import svg_bars, table
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ("throughput", "pacing", "daemon", "load", "cli", "journal", "pipe")
+GROUPS = (
+    "throughput",
+    "pacing",
+    "daemon",
+    "load",
+    "cli",
+    "journal",
+    "pipe",
+    "budget",
+)
 #: What the unprivileged pass repeats: the tables the pipe budget can change.
 UNPRIVILEGED_GROUPS = ("throughput", "daemon", "pipe")
 
@@ -106,7 +118,13 @@ def _run_pacing(quick: bool, reps: int, label: str) -> list[Any]:
 
 
 def run_groups(
-    groups: list[str], quick: bool, reps: int, *, child: bool
+    groups: list[str],
+    quick: bool,
+    reps: int,
+    *,
+    child: bool,
+    uid: int | None = None,
+    raised_pages: int | None = None,
 ) -> dict[str, Any]:
     """Run ``groups`` as whoever this process runs as (``child``: the
     unprivileged re-run, which leaves the plot alone)."""
@@ -136,6 +154,16 @@ def run_groups(
         from benchmarks import pipe
 
         results["pipe"] = pipe.run_all(quick=quick, reps=reps)
+    if "budget" in groups:
+        from benchmarks import budget
+
+        why = budget.can_run(uid)
+        if why is None and uid is not None:
+            results["budget"] = budget.run_all(
+                uid=uid, quick=quick, reps=min(reps, 3), raised_pages=raised_pages
+            )
+        else:
+            print(f"\nthe pipe budget group is skipped: {why}", file=sys.stderr)
     return results
 
 
@@ -332,6 +360,14 @@ def main() -> None:
         metavar="UID",
         help="as root: run the throughput and daemon groups again as UID",
     )
+    parser.add_argument(
+        "--pipe-budget",
+        type=int,
+        default=None,
+        metavar="PAGES",
+        help="as root: the budget group also runs a daemon as the unprivileged"
+        " uid with fs.pipe-user-pages-soft set to PAGES (restored after)",
+    )
     parser.add_argument("--results", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     reps = 2 if args.quick else args.reps
@@ -343,7 +379,14 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
-        **run_groups(groups, args.quick, reps, child=child),
+        **run_groups(
+            groups,
+            args.quick,
+            reps,
+            child=child,
+            uid=args.unprivileged_uid,
+            raised_pages=args.pipe_budget,
+        ),
     }
     again = [g for g in groups if g in UNPRIVILEGED_GROUPS]
     if args.unprivileged_uid is not None and os.getuid() != 0:

@@ -97,6 +97,20 @@ def test_the_lower_of_the_two_limits_counts() -> None:
     assert size(UNPRIVILEGED, 3, others=12, max_stages=4) == MiB
 
 
+def test_the_deploy_sysctl_gives_every_job_a_mebibyte() -> None:
+    """deploy/cuprumd.sysctl promises root's pipe size at 262144 pages for
+    a daemon full of the largest jobs at the defaults, and for the
+    benchmarks' 64 three-stage jobs under max_concurrent_jobs = 128."""
+    raised = PipeBudget(262144, 0, MiB, PAGE, exempt=False)
+    for max_jobs, jobs, stages in ((16, 16, 16), (16, 16, 3), (128, 64, 3)):
+        ledger = PipeLedger(wanted=MiB, max_jobs=max_jobs, max_stages=16, budget=raised)
+        grants = [ledger.acquire(stages) for _ in range(jobs)]
+        assert {grant.size for grant in grants} == {MiB}
+    # At the kernel's default the same 64 jobs grow nothing.
+    ledger = PipeLedger(wanted=MiB, max_jobs=128, max_stages=16, budget=UNPRIVILEGED)
+    assert {ledger.acquire(3).size for _ in range(64)} == {0}
+
+
 def test_large_pages_make_the_default_pipe_already_a_mebibyte() -> None:
     arm = PipeBudget(16384, 0, MiB, 65536, exempt=False)
     assert size(arm, 3) == 0
