@@ -35,7 +35,11 @@ def raised_soft_limit(pages: int) -> Iterator[int]:
     """Set ``fs.pipe-user-pages-soft`` to ``pages``; yield the old value,
     which is restored however the body ends."""
     old = int(SOFT_LIMIT.read_text())
-    SOFT_LIMIT.write_text(f"{pages}\n")
+    try:
+        SOFT_LIMIT.write_text(f"{pages}\n")
+    except OSError as exc:
+        msg = f"cannot set {SOFT_LIMIT} to {pages}: {exc.strerror}"
+        raise RuntimeError(msg) from exc
     try:
         yield old
     finally:
