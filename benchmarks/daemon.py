@@ -211,6 +211,14 @@ def spawn_rate(seconds: float) -> float:
     return count / (time.monotonic() - started)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time ``pid``'s own threads have used (user + system), not its
+    children's: for a daemon, the pumps and the job handling, not the
+    stages."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

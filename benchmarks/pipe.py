@@ -12,6 +12,10 @@ Side by side in one run, every variant once per round in turns, median of
   started by us, connected directly by pipes of the size the daemon gives
   its inter-stage pipes, no pump; and the same job run by the daemon,
   every stage boundary pumped (target: each pump ≥ 0.95 of direct).
+
+The daemon rows also say how much CPU the daemon itself used per run (its
+own threads: the pumps and the job's handling, not the stages), which
+varies far less from run to run than the wall time does on two cores.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.daemon import Conn, bench_pipe_size, daemon
+from benchmarks.daemon import Conn, bench_pipe_size, cpu_seconds, daemon
 from benchmarks.report import table
 
 GiB = 1 << 30
 #: The default ``max_concurrent_jobs``: what the pipe budget is shared for.
 MAX_JOBS = 16
+#: At least this many rounds: one run of any variant here moves by up to
+#: ±15 % on this 2-core machine, and the ratios sit near their targets.
+MIN_ROUNDS = 9
 
 
 def _timed_shell(script: str, env: dict[str, str] | None = None) -> float:
@@ -94,6 +101,25 @@ def _pumped(path: Path, size: int) -> float:
     return elapsed
 
 
+def _rounds(
+    runs: dict[str, Callable[[], float]], daemon_pid: dict[str, int], reps: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Every variant once per round, the order rotated each round; the wall
+    times, and for daemon variants the daemon's CPU time, of each run."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in daemon_pid}
+    order = list(runs)
+    for _ in range(reps):
+        for name in order:
+            pid = daemon_pid.get(name)
+            before = cpu_seconds(pid) if pid is not None else 0.0
+            samples[name].append(runs[name]())
+            if pid is not None:
+                cpu[name].append(cpu_seconds(pid) - before)
+        order = order[1:] + order[:1]
+    return samples, cpu
+
+
 def run_all(
     *, quick: bool = False, reps: int = 5, user: int | None = None
 ) -> dict[str, Any]:
@@ -102,7 +128,7 @@ def run_all(
     variant runs once per round, in turns, so a change in the machine's
     load between rounds hits them all alike."""
     size = (128 << 20) if quick else GiB
-    reps = 2 if quick else reps
+    reps = 2 if quick else max(reps, MIN_ROUNDS)
     ctl = str(Path(sys.executable).parent / "cuprumctl")
     # One job at a time on a default daemon: its pipes are what the budget
     # gives a 4-stage job alone (1 MiB as root).
@@ -118,11 +144,12 @@ def run_all(
         direct_name: lambda: _direct(size, capacity),
     }
     piped_names, pumped_names = [], []
+    daemon_pid: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         for backend in ("python", "rust"):
-            path = stack.enter_context(
+            path, pid = stack.enter_context(
                 daemon(backend, "auto", user=user, max_concurrent_jobs=MAX_JOBS)
-            )[0]
+            )
             env = {**os.environ, "CUPRUM_SOCKET": str(path)}
             if user is not None:
                 env["CUPRUM_DAEMON_USER"] = str(user)
@@ -131,15 +158,12 @@ def run_all(
             pumped = f"daemon job, {backend} pumps"
             runs[piped] = lambda s=script, e=env: _timed_shell(s, e)
             runs[pumped] = lambda p=path: _pumped(p, size)
+            daemon_pid[piped] = daemon_pid[pumped] = pid
             piped_names.append(piped)
             pumped_names.append(pumped)
-        samples: dict[str, list[float]] = {name: [] for name in runs}
-        order = list(runs)
-        for _ in range(reps):
-            for name in order:
-                samples[name].append(runs[name]())
-            order = order[1:] + order[:1]
+        samples, cpu = _rounds(runs, daemon_pid, reps)
     median = {name: statistics.median(times) for name, times in samples.items()}
+    daemon_cpu = {name: statistics.median(times) for name, times in cpu.items()}
     shell, direct = median[shell_name], median[direct_name]
     rows: list[dict[str, Any]] = [
         {"variant": name, "seconds": median[name]}
@@ -155,6 +179,11 @@ def run_all(
     for row in limits:
         row["mib_per_s"] = size / row["seconds"] / (1 << 20)
         row["vs_direct"] = direct / row["seconds"]
+    for row in (*rows, *limits):
+        used = daemon_cpu.get(row["variant"])
+        row["daemon_cpu_s"] = used
+        row["daemon_cpu"] = "" if used is None else f"{used:.2f}"
+        row["samples"] = samples[row["variant"]]
     mib = size >> 20
     who = "" if user is None else f" [daemon as uid {user}]"
     print(
@@ -169,6 +198,7 @@ def run_all(
                 ("seconds", "s", ".3f"),
                 ("mib_per_s", "MiB/s", ".0f"),
                 ("vs_shell", "vs shell (≥ 0.90)", ".2f"),
+                ("daemon_cpu", "daemon CPU s", ""),
             ],
         )
     )
@@ -181,6 +211,7 @@ def run_all(
                 ("seconds", "s", ".3f"),
                 ("mib_per_s", "MiB/s", ".0f"),
                 ("vs_direct", "vs direct (≥ 0.95)", ".2f"),
+                ("daemon_cpu", "daemon CPU s", ""),
             ],
         )
     )
