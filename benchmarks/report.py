@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _cell(value: Any, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """Render ``rows`` as a Markdown table; columns are (key, title, format)."""
+    """Render ``rows`` as a Markdown table; columns are (key, title, format).
+    A value of ``None`` (not measured for that row) is an empty cell."""
     head = "| " + " | ".join(title for _, title, _ in columns) + " |"
     rule = "| " + " | ".join("---" for _ in columns) + " |"
     body = [
-        "| " + " | ".join(format(row[key], fmt) for key, _, fmt in columns) + " |"
+        "| " + " | ".join(_cell(row[key], fmt) for key, _, fmt in columns) + " |"
         for row in rows
     ]
     return "\n".join([head, rule, *body])
